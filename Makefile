@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each bootstraps .venv first
+# (a quick no-op when pyproject.toml has not changed since the last install).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SEED := ../shared/data/transactions.csv
+
+.PHONY: bootstrap run test lint bench down clean
+
+bootstrap: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# The main job on the embedded stack: start it, then replay the seed purchases into it.
+run: bootstrap
+	$(BIN)/recstream up --infra
+	$(BIN)/recstream produce $(SEED)
+	$(BIN)/recstream status
+	@echo "stack left running; stop it with: $(BIN)/recstream down"
+
+test: bootstrap
+	$(BIN)/python -m pytest
+
+lint: bootstrap
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: bootstrap
+	$(BIN)/python -m bench
+
+down: bootstrap
+	$(BIN)/recstream down
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The embedded local stack (broker, object store) and the real deployments."""

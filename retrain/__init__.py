@@ -1,0 +1,1 @@
+"""Retrain stage: datasets, the collaborative-filtering model, evaluation, export and scheduling."""

@@ -1,0 +1,1 @@
+"""Shared Kafka plumbing: settings, topic names, event schemas, producers, the Faust app factory."""

@@ -1,0 +1,199 @@
+"""The `recstream` command line (a contract: see DESIGN.md).
+
+Each command imports what it needs when it runs, so `recstream --help` and light
+commands never pay for TensorFlow, pandas or Faust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import NoReturn
+
+from stream.errors import RecstreamError
+
+log = logging.getLogger("recstream")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Misuse prints one line, not argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="recstream", description="Streaming continuous training for recommenders.")
+    parser.add_argument("--home", help="state directory (RECSTREAM_HOME, default ./.recstream)")
+    parser.add_argument("--kafka-bootstrap", help="use this Kafka instead of the embedded broker")
+    parser.add_argument("--minio-endpoint", help="use this S3 endpoint instead of the embedded store")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    up = sub.add_parser("up", help="start the stack (broker, object store) and reuse a running one")
+    up.add_argument("--infra", action="store_true", help="start only the infrastructure")
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="stop what `up` started")
+    down.set_defaults(func=cmd_down)
+
+    status = sub.add_parser("status", help="the stack's parts, endpoints and health")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    produce = sub.add_parser("produce", help="send purchase events from a seed, JSONL or CSV file")
+    produce.add_argument("file", type=Path, help="customerId,products seed file, or events as JSONL/CSV")
+    produce.add_argument(
+        "--rate", type=_positive_float, help="events per second (default: as fast as possible)"
+    )
+    produce.add_argument("--limit", type=_positive_int, help="send at most N events")
+    produce.set_defaults(func=cmd_produce)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str | None]:
+    return {
+        "RECSTREAM_HOME": args.home,
+        "KAFKA_BOOTSTRAP": args.kafka_bootstrap,
+        "MINIO_ENDPOINT": args.minio_endpoint,
+    }
+
+
+def _settings(args: argparse.Namespace):
+    from stream.settings import load_settings
+
+    return load_settings(_overrides(args))
+
+
+def _stack(args: argparse.Namespace):
+    from deploy.stack import Stack
+
+    return Stack.from_environment(_overrides(args))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    settings = stack.up()
+    for part in stack.status():
+        origin = f"pid {part.pid}" if part.managed else "configured"
+        print(f"{part.name:<12} {part.endpoint:<22} {origin}")
+    print(f"endpoints written to {settings.stack_env_path}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    stopped = _stack(args).down()
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    parts = _stack(args).status()
+    if args.json:
+        print(json.dumps({"parts": [asdict(part) for part in parts]}))
+    else:
+        for part in parts:
+            health = "healthy" if part.healthy else "DOWN"
+            where = part.endpoint or "-"
+            origin = (f"pid {part.pid}" if part.pid else "not running") if part.managed else "configured"
+            print(f"{part.name:<12} {where:<22} {origin:<12} {health}")
+    return 0 if all(part.healthy for part in parts) else 1
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    from stream.produce import produce_file
+    from stream.producer import EventProducer
+    from stream.sources import detect_format
+
+    path: Path = args.file
+    fmt = detect_format(path)  # fails fast with a one-line error before touching the broker
+    settings = _settings(args)
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[sent]:>9,} events"),
+        TimeRemainingColumn(),
+    )
+    with EventProducer(settings) as producer, Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"{path.name} ({fmt})", total=path.stat().st_size, sent=0)
+        report = produce_file(
+            producer,
+            path,
+            rate=args.rate,
+            limit=args.limit,
+            progress=lambda done, sent: bar.update(task, completed=done, sent=sent),
+        )
+    for rejected in report.rejected[:20]:
+        print(f"line {rejected.line}: {rejected.reason}", file=sys.stderr)
+    if len(report.rejected) > 20:
+        print(f"... and {len(report.rejected) - 20} more invalid rows", file=sys.stderr)
+    print(
+        f"sent {report.sent:,} events to {settings.transactions_topic} in {report.seconds:.1f}s "
+        f"({report.rate:,.0f} events/s); {len(report.rejected):,} invalid rows"
+    )
+    if report.sent == 0:
+        raise RecstreamError(f"{path}: no valid event to send")
+    return 0
+
+
+def _configure_logging() -> None:
+    import os
+
+    level = os.environ.get("LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if level != "DEBUG":
+        # kafka-python logs every refused connection; the command reports failures itself.
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging()
+    try:
+        return args.func(args)
+    except RecstreamError as exc:
+        print(f"recstream: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("recstream: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        log.debug("unexpected failure", exc_info=True)
+        print(
+            f"recstream: unexpected {type(exc).__name__}: {exc} (LOG_LEVEL=DEBUG shows the traceback)",
+            file=sys.stderr,
+        )
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

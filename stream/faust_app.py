@@ -1,0 +1,40 @@
+"""Faust app factory with the group timeouts that make a consumer group join in seconds on Tansu.
+
+With Faust's defaults a group join on Tansu takes ~30 s; short rebalance/session
+timeouts bring it to a few seconds, which matters for restarts and tests.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from stream.settings import Settings
+
+if TYPE_CHECKING:
+    import faust
+
+
+def create_app(name: str, settings: Settings, **overrides: Any) -> faust.App:
+    """A Faust app `recstream-<name>` on the configured broker; keyword overrides win."""
+    import faust  # imported here: Faust pulls in a lot, and most commands never need it
+
+    bootstrap = settings.require("kafka_bootstrap")
+    datadir = settings.home / "faust" / name
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    options: dict[str, Any] = {
+        "broker": [f"kafka://{server}" for server in bootstrap.split(",")],
+        "store": "memory://",
+        "datadir": str(datadir),
+        "broker_session_timeout": settings.broker_session_timeout_s,
+        "broker_rebalance_timeout": settings.broker_rebalance_timeout_s,
+        "broker_heartbeat_interval": settings.broker_heartbeat_s,
+        "topic_partitions": settings.topic_partitions,
+        "topic_replication_factor": 1,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,
+        # Faust's web server would bind 0.0.0.0:6066; services expose metrics on their own port.
+        "web_enabled": False,
+        "web_host": "127.0.0.1",
+    }
+    options.update(overrides)
+    return faust.App(f"recstream-{name}", **options)

@@ -1,0 +1,68 @@
+"""Topic administration: create the contract's topics idempotently, check the broker answers."""
+
+from __future__ import annotations
+
+import logging
+
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from stream.net import split_hostport, tcp_reachable
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def broker_metadata_ok(bootstrap: str, timeout_s: float = 3.0) -> bool:
+    """True when the broker answers a metadata request (a TCP accept alone is not enough)."""
+    if not all(tcp_reachable(*split_hostport(server)) for server in bootstrap.split(",")):
+        return False  # checked first: kafka-python logs every refused connection as an error
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=int(timeout_s * 1000) + 1000,
+            api_version_auto_timeout_ms=int(timeout_s * 1000),
+            connections_max_idle_ms=int(timeout_s * 1000) + 2000,
+            enable_auto_commit=False,
+        )
+    except KafkaError:
+        return False
+    try:
+        consumer.topics()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        consumer.close()
+
+
+def existing_topics(bootstrap: str) -> set[str]:
+    # KafkaAdminClient.list_topics() cannot parse Tansu's ACL bits; the consumer's view is enough.
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        return set(consumer.topics())
+    finally:
+        consumer.close()
+
+
+def ensure_topics(settings: Settings) -> list[str]:
+    """Create the missing topics with the configured partition counts; returns the ones created."""
+    bootstrap = settings.require("kafka_bootstrap")
+    wanted = settings.topics()
+    missing = [name for name in wanted if name not in existing_topics(bootstrap)]
+    if not missing:
+        return []
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="recstream-admin")
+    created = []
+    try:
+        for name in missing:
+            try:
+                admin.create_topics([NewTopic(name, num_partitions=wanted[name], replication_factor=1)])
+            except TopicAlreadyExistsError:
+                continue
+            created.append(name)
+            log.info("created topic %s (%d partitions)", name, wanted[name])
+    finally:
+        admin.close()
+    return created

@@ -1,0 +1,60 @@
+"""`up` / `down` / `status` of a second, independent home: reuse, clean stop, one-line failures."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy.processes import StackError, pid_alive
+from deploy.stack import Stack
+from stream.net import split_hostport
+from stream.settings import Settings, load_settings, read_env_file
+
+pytestmark = pytest.mark.integration
+
+
+def _stack(home, **env: str) -> Stack:
+    return Stack(load_settings({"RECSTREAM_HOME": str(home), **env}, environ={}, use_stack_env=False))
+
+
+def test_up_reuses_a_running_stack_and_down_leaves_no_process(tmp_path) -> None:
+    stack = _stack(tmp_path)
+    try:
+        settings = stack.up()
+        first = {p.name: p for p in stack.status()}
+        assert all(p.healthy and p.managed for p in first.values())
+        env = read_env_file(tmp_path / "stack.env")
+        assert env["KAFKA_BOOTSTRAP"] == settings.kafka_bootstrap == first["broker"].endpoint
+        assert env["MINIO_ENDPOINT"] == settings.minio_endpoint == first["objectstore"].endpoint
+        assert {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_SECURE"} <= set(env)
+        for endpoint in env["KAFKA_BOOTSTRAP"], env["MINIO_ENDPOINT"]:
+            assert split_hostport(endpoint)[0] == "127.0.0.1"
+
+        _stack(tmp_path).up()  # a second `up` from another process's point of view
+
+        second = {p.name: p for p in stack.status()}
+        assert {n: p.pid for n, p in second.items()} == {n: p.pid for n, p in first.items()}
+    finally:
+        stopped = stack.down()
+    assert sorted(stopped) == ["broker", "objectstore"]
+    assert not any(pid_alive(p.pid) for p in first.values())
+    assert not (tmp_path / "stack.env").exists()
+    assert all(not p.healthy and p.pid is None for p in stack.status())
+
+
+def test_taken_port_is_a_one_line_error(tmp_path, settings: Settings) -> None:
+    taken = split_hostport(settings.kafka_bootstrap)[1]  # the session broker holds it
+    stack = _stack(tmp_path, BROKER_PORT=str(taken))
+    try:
+        with pytest.raises(StackError) as error:
+            stack.up()
+    finally:
+        stack.down()
+    message = str(error.value)
+    assert "\n" not in message and f"BROKER_PORT {taken} is taken" in message
+
+
+def test_configured_endpoint_that_does_not_answer_is_refused(tmp_path) -> None:
+    stack = _stack(tmp_path, MINIO_ENDPOINT="127.0.0.1:1")
+    with pytest.raises(StackError, match=r"MINIO_ENDPOINT=127.0.0.1:1 is configured but does not answer"):
+        stack.up()
+    assert all(p.pid is None for p in stack.status())

@@ -1,0 +1,46 @@
+"""Reading topics back in tests with a real consumer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+
+def read_all(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    *,
+    timeout_s: float = 30.0,
+    alive: Callable[[], bool] = lambda: True,
+) -> list[ConsumerRecord]:
+    """Every record of `topic` from the beginning, waiting until `expected` arrived, time is up,
+    or `alive()` says the producing process is gone."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        while (
+            not partitions and time.monotonic() < deadline and alive()
+        ):  # a topic a worker has yet to create
+            time.sleep(0.5)
+            consumer.topics()  # refreshes metadata
+            partitions = consumer.partitions_for_topic(topic)
+        assert partitions, f"topic {topic} does not exist after {timeout_s:g}s"
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        consumer.seek_to_beginning()
+        records: list[ConsumerRecord] = []
+        while len(records) < expected and time.monotonic() < deadline and alive():
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        # One more short poll shows whether anything beyond `expected` is there.
+        for batch in consumer.poll(timeout_ms=500).values():
+            records.extend(batch)
+        return records
+    finally:
+        consumer.close()
