@@ -2,9 +2,9 @@
 
 import logging
 
-from bench import produce
+from bench import ingest, produce
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 logging.getLogger("kafka").setLevel(logging.WARNING)
-for benchmark in (produce,):
+for benchmark in (produce, ingest):
     benchmark.main()

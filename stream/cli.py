@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     produce.add_argument("--limit", type=_positive_int, help="send at most N events")
     produce.set_defaults(func=cmd_produce)
+
+    ingest = sub.add_parser(
+        "ingest", help="run the ingest worker: transactions -> Parquet in the object store"
+    )
+    ingest.set_defaults(func=cmd_ingest)
     return parser
 
 
@@ -161,6 +166,16 @@ def cmd_produce(args: argparse.Namespace) -> int:
     )
     if report.sent == 0:
         raise RecstreamError(f"{path}: no valid event to send")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from ingest.worker import run
+
+    settings = _settings(args)
+    settings.require("kafka_bootstrap")
+    settings.require("minio_endpoint")
+    run(settings)
     return 0
 
 

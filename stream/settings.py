@@ -117,6 +117,10 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("INGEST_FLUSH_EVENTS", "ingest_flush_events", _positive_int, "5000", "events per Parquet object"),
     Field("INGEST_FLUSH_S", "ingest_flush_s", _positive_float, "10", "max age of a buffered batch"),
+    Field("METRICS_HOST", "metrics_host", str, "127.0.0.1", "address the services' /metrics listen on"),
+    Field(
+        "INGEST_METRICS_PORT", "ingest_metrics_port", _port, "9401", "ingest worker /metrics port (0: free)"
+    ),
     Field("DRIFT_HORIZON_S", "drift_horizon_s", _positive_float, "3600", "hit window after a recommendation"),
 )
 
@@ -159,6 +163,8 @@ class Settings:
     retrain_cooldown_s: float
     ingest_flush_events: int
     ingest_flush_s: float
+    metrics_host: str
+    ingest_metrics_port: int
     drift_horizon_s: float
 
     @property

@@ -1,0 +1,194 @@
+"""`recstream ingest`: the Faust worker that lands `transactions` in the object store exactly once.
+
+Per partition, records are buffered into a batch; a batch is flushed when it reaches
+INGEST_FLUSH_EVENTS or INGEST_FLUSH_S, or exactly at the end of a flush that an earlier
+owner of the partition did not commit (see ingest.landing). A flush writes the marker and
+the Parquet objects (retrying while the store is down: consumption pauses, nothing is
+committed), sends invalid records to the dead-letter topic with their reason, and only
+then acks the records and commits their offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from ingest.batches import Batch, DeadLetter
+from ingest.landing import Backoff, Lander, Marker
+from stream.faust_app import create_app
+from stream.schemas import InvalidMessage, derive_event_id, parse_transaction
+from stream.settings import Settings
+from stream.storage import make_client
+
+log = logging.getLogger(__name__)
+
+EVENTS = Counter("recstream_ingest_events_total", "Records consumed from transactions", ["result"])
+ROWS = Counter("recstream_ingest_rows_written_total", "Rows written to Parquet objects")
+OBJECTS = Counter("recstream_ingest_objects_written_total", "Parquet objects written")
+DEAD = Counter("recstream_ingest_dlq_total", "Records sent to the dead-letter topic", ["reason"])
+STORE_RETRIES = Counter("recstream_ingest_store_retries_total", "Object store calls retried")
+FLUSH = Histogram(
+    "recstream_ingest_flush_seconds",
+    "Time to land a batch, dead-letter and commit",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+LAG = Gauge("recstream_ingest_consumer_lag", "Records behind the partition's high watermark", ["partition"])
+REDELIVERED = Counter(
+    "recstream_ingest_redelivered_batches_total", "Batches rewritten after an uncommitted flush"
+)
+
+
+def _reason_kind(reason: str) -> str:
+    """A bounded label for metrics: the field the reason names."""
+    return reason.split(":", 1)[0][:32]
+
+
+class IngestWorker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app("ingest", settings)
+        self.source = self.app.topic(
+            settings.transactions_topic, key_serializer="raw", value_serializer="raw"
+        )
+        self.dlq = self.app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
+        self.lander = Lander(
+            make_client(settings),
+            settings.data_bucket,
+            settings.transactions_topic,
+            Backoff(on_retry=STORE_RETRIES.inc),
+        )
+        self.batches: dict[int, Batch] = {}
+        self.events: dict[int, list[Any]] = {}
+        # The marker found when a partition's first record arrived after assignment; None once we own it.
+        self.markers: dict[int, Marker | None] = {}
+        self.locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.stream: Any = None
+        self.app.agent(self.source, name="land-transactions")(self._agent)
+        self.app.timer(interval=min(1.0, settings.ingest_flush_s))(self._flush_aged)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+
+    async def _agent(self, stream: Any) -> None:
+        self.stream = stream.noack()
+        async for event in self.stream.events():
+            await self._consume(event)
+
+    async def _consume(self, event: Any) -> None:
+        message = event.message
+        partition = message.partition
+        async with self.locks[partition]:
+            if partition not in self.markers:
+                self.markers[partition] = await asyncio.to_thread(self.lander.read_marker, partition)
+            batch = self.batches.setdefault(partition, Batch(partition))
+            try:
+                transaction = parse_transaction(
+                    message.value,
+                    key=message.key,
+                    default_event_id=derive_event_id(message.topic, partition, message.offset),
+                    default_ts=message.timestamp,
+                )
+            except InvalidMessage as exc:
+                batch.add_dead(DeadLetter(message.offset, message.key, message.value, exc.reason))
+                EVENTS.labels("invalid").inc()
+            else:
+                batch.add(message.offset, transaction)
+                EVENTS.labels("valid").inc()
+            self.events.setdefault(partition, []).append(event)
+            highwater = self.app.consumer.highwater(message.tp)
+            if highwater is not None:
+                LAG.labels(str(partition)).set(max(0, highwater - message.offset - 1))
+            if self._due(partition):
+                await self._flush(partition)
+
+    def _due(self, partition: int) -> bool:
+        marker = self.markers.get(partition)
+        return self.batches[partition].due(
+            self.settings.ingest_flush_events, self.settings.ingest_flush_s, marker.last if marker else None
+        )
+
+    async def _flush_aged(self) -> None:
+        for partition in list(self.batches):
+            async with self.locks[partition]:
+                if partition in self.batches and self._due(partition):
+                    await self._flush(partition)
+
+    async def _flush(self, partition: int) -> None:
+        """Land, dead-letter, ack, commit; the caller holds the partition's lock."""
+        started = time.monotonic()
+        batch = self.batches.pop(partition)
+        events = self.events.pop(partition)
+        previous = self.markers.get(partition)
+        redelivered = previous is not None and (previous.first, previous.last) == (batch.first, batch.last)
+        if redelivered:
+            REDELIVERED.inc()
+            log.info("partition %d: rewriting uncommitted batch %d-%d", partition, batch.first, batch.last)
+        marker = await asyncio.to_thread(self.lander.land, batch)
+        if batch.dead and not (redelivered and previous.dead_lettered):
+            await self._dead_letter(batch)
+            await asyncio.to_thread(
+                self.lander.write_marker, partition, dataclasses.replace(marker, dead_lettered=True)
+            )
+        for event in events:
+            await self.stream.ack(event)
+        await self.app.consumer.commit()
+        self.markers[partition] = None
+        ROWS.inc(len(batch.rows))
+        OBJECTS.inc(len(marker.objects))
+        FLUSH.observe(time.monotonic() - started)
+        log.info(
+            "partition %d: landed offsets %d-%d (%d rows in %d objects, %d dead-lettered)",
+            partition,
+            batch.first,
+            batch.last,
+            len(batch.rows),
+            len(marker.objects),
+            len(batch.dead),
+        )
+
+    async def _dead_letter(self, batch: Batch) -> None:
+        topic = self.settings.transactions_topic
+        pending = []
+        for letter in batch.dead:
+            headers = [
+                ("error", letter.reason.encode()),
+                ("source", f"{topic}/{batch.partition}/{letter.offset}".encode()),
+            ]
+            pending.append(
+                await self.dlq.send(
+                    key=letter.key,
+                    value=letter.value,
+                    partition=batch.partition % self.settings.topic_partitions,
+                    headers=headers,
+                )
+            )
+            DEAD.labels(_reason_kind(letter.reason)).inc()
+        await asyncio.gather(*pending)  # delivery confirmed before the offsets are committed
+
+    async def _on_revoked(self, sender: Any, revoked: set[Any], **_: Any) -> None:
+        """Drop what was buffered for partitions we lost: the new owner gets those records again."""
+        for tp in revoked:
+            if tp.topic != self.settings.transactions_topic:
+                continue
+            async with self.locks[tp.partition]:
+                self.batches.pop(tp.partition, None)
+                self.events.pop(tp.partition, None)
+                self.markers.pop(tp.partition, None)
+
+
+def run(settings: Settings) -> None:
+    """Run the worker in the foreground until SIGINT/SIGTERM."""
+    import faust
+
+    from stream.metrics import serve_metrics
+
+    serve_metrics(settings.metrics_host, settings.ingest_metrics_port)
+    worker = IngestWorker(settings)
+    level = {"warning": "warn", "critical": "crit"}.get(
+        settings.log_level.lower(), settings.log_level.lower()
+    )
+    faust.Worker(worker.app, loglevel=level, quiet=True).execute_from_commandline()

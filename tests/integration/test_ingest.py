@@ -1,0 +1,291 @@
+"""Ingest on the real stack: exactly once across kill -9, malformed records to the DLQ, reader windows."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from kafka_helpers import read_all
+
+from ingest.reader import read_transactions
+from stream.producer import EventProducer
+from stream.schemas import Transaction
+from stream.settings import Settings
+from stream.storage import ensure_buckets, make_client
+
+pytestmark = pytest.mark.integration
+
+DAY = 86400.0
+T0 = 1_790_000_000.0  # 2026-09-21 UTC; events spread over three dates
+
+# Ten-plus kinds of malformed record: (key, value).
+MALFORMED: list[tuple[bytes | None, bytes | None]] = [
+    (b"u1", b"{not json"),
+    (b"u1", b"[1, 2, 3]"),
+    (b"u1", b'"just a string"'),
+    (b"u1", b'{"user_id": 5, "item_id": "i1"}'),
+    (b"u1", b'{"item_id": "i1"}'),
+    (b"u1", b'{"user_id": "u1"}'),
+    (b"", b'{"user_id": "", "item_id": "i1"}'),
+    (b"u1", b'{"user_id": "u1", "item_id": "i1", "quantity": -2}'),
+    (b"u1", b'{"user_id": "u1", "item_id": "i1", "quantity": 1.5}'),
+    (b"x" * 102400, json.dumps({"user_id": "x" * 102400, "item_id": "i1"}).encode()),
+    (b"u1", b"\xff\xfe\xfa not utf-8"),
+    (b"u1", None),
+    (b"u1", b'{"user_id": "u1", "item_id": "i1", "ts": "yesterday"}'),
+    (b"someone-else", b'{"user_id": "u1", "item_id": "i1"}'),
+]
+
+
+@pytest.fixture
+def ingest_settings(settings: Settings, fresh_topic: str) -> Settings:
+    suffix = uuid.uuid4().hex[:8]
+    bucket = f"ingest-{suffix}"
+    dlq = f"dlq-{suffix}"
+    ensure_buckets(make_client(settings), [bucket])
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin.create_topics([NewTopic(dlq, num_partitions=3, replication_factor=1)])
+    admin.close()
+    return dataclasses.replace(
+        settings, transactions_topic=fresh_topic, dlq_topic=dlq, data_bucket=bucket, topic_partitions=3
+    )
+
+
+class Worker:
+    """`recstream ingest` in a subprocess of its own process group."""
+
+    def __init__(self, settings: Settings, log: Path, **extra_env: str) -> None:
+        env = {
+            **os.environ,
+            "RECSTREAM_HOME": str(settings.home),
+            "TRANSACTIONS_TOPIC": settings.transactions_topic,
+            "DLQ_TOPIC": settings.dlq_topic,
+            "DATA_BUCKET": settings.data_bucket,
+            "TOPIC_PARTITIONS": str(settings.topic_partitions),
+            "INGEST_FLUSH_EVENTS": "1000",
+            "INGEST_FLUSH_S": "2",
+            "INGEST_METRICS_PORT": "0",
+            "LOG_LEVEL": "INFO",
+            **extra_env,
+        }
+        self.log = log
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "stream.cli", "ingest"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+def workers(ingest_settings: Settings) -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.kill(signal.SIGTERM)
+
+
+def stored_rows(settings: Settings) -> list[dict]:
+    """Every row of every object, without any dedupe: what is really in the store."""
+    client = make_client(settings)
+    rows = []
+    for obj in client.list_objects(settings.data_bucket, prefix="transactions/", recursive=True):
+        response = client.get_object(settings.data_bucket, obj.object_name)
+        try:
+            rows.extend(pq.read_table(io.BytesIO(response.read())).to_pylist())
+        finally:
+            response.close()
+            response.release_conn()
+    return rows
+
+
+def wait_for(condition, timeout_s: float, worker: Worker, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        assert worker.alive(), f"worker died while waiting for {what}: {worker.log.read_text()[-3000:]}"
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}: {worker.log.read_text()[-3000:]}")
+
+
+def test_exactly_once_across_kill_9_with_malformed_records(
+    ingest_settings: Settings, workers, tmp_path
+) -> None:
+    s = ingest_settings
+    valid = [
+        Transaction(f"ev-{i}", f"u{i % 997}", f"i{i % 300}", 1 + i % 3, T0 + (i / 20000) * 2.5 * DAY)
+        for i in range(20000)
+    ]
+    bad = [MALFORMED[i % len(MALFORMED)] for i in range(200)]
+    with EventProducer(s) as producer:
+        for i, event in enumerate(valid):
+            producer.send_transaction(event)
+            if i % 100 == 50:
+                key, value = bad[i // 100]
+                producer._producer.send(s.transactions_topic, key=key, value=value)
+        producer.flush()
+
+    first = Worker(s, tmp_path / "worker-1.log")
+    workers.append(first)
+    wait_for(lambda: len(stored_rows(s)) >= 4000, 120, first, "a first part to land")
+    first.kill(signal.SIGKILL)
+    landed_before_kill = len(stored_rows(s))
+    assert landed_before_kill < 20000, "the kill came too late to test anything"
+
+    second = Worker(s, tmp_path / "worker-2.log")
+    workers.append(second)
+    wait_for(lambda: len(stored_rows(s)) >= 20000, 180, second, "all rows")
+    dead = read_all(s.kafka_bootstrap, s.dlq_topic, 200, timeout_s=60, alive=second.alive)
+    time.sleep(3)  # anything extra would have landed by now
+    rows = stored_rows(s)
+
+    ids = [row["event_id"] for row in rows]
+    assert len(ids) == 20000 and len(set(ids)) == 20000, "rows lost or duplicated"
+    assert set(ids) == {e.event_id for e in valid}
+    by_id = {e.event_id: e for e in valid}
+    for row in rows[:500]:
+        event = by_id[row["event_id"]]
+        assert (row["user_id"], row["item_id"], row["quantity"], row["ts"]) == (
+            event.user_id,
+            event.item_id,
+            event.quantity,
+            event.ts,
+        )
+    dead = read_all(s.kafka_bootstrap, s.dlq_topic, 201, timeout_s=3)
+    assert len(dead) == 200, "dead letters lost or duplicated"
+    headers = [dict(record.headers) for record in dead]
+    assert len({h["source"] for h in headers}) == 200
+    assert all(h["error"] for h in headers)
+    assert {record.value for record in dead} == {value for _, value in bad}
+    reasons = {h["error"].decode().split(":")[0] for h in headers}
+    assert {"value", "user_id", "item_id", "quantity", "ts", "key"} <= reasons
+
+    frame = read_transactions(make_client(s), s.data_bucket)
+    assert len(frame) == 20000
+    day_two = read_transactions(
+        make_client(s), s.data_bucket, start=T0 + DAY, end=T0 + 2 * DAY, columns=["user_id", "ts"]
+    )
+    expected = [e for e in valid if T0 + DAY <= e.ts < T0 + 2 * DAY]
+    assert list(day_two.columns) == ["user_id", "ts"]
+    assert len(day_two) == len(expected) and sorted(day_two["user_id"]) == sorted(e.user_id for e in expected)
+
+
+def test_uncommitted_flush_is_rewritten_with_the_same_boundaries(
+    ingest_settings: Settings, workers, tmp_path
+) -> None:
+    """A marker left by a worker that died mid-flush makes the next owner end its batch at the same offset."""
+    from ingest.batches import event_date, object_name, parse_object_name
+    from ingest.landing import Backoff, Lander, Marker
+
+    s = ingest_settings
+    events = [Transaction(f"m-{i}", "same-user", f"i{i % 50}", 1, T0 + i) for i in range(3000)]
+    with EventProducer(s) as producer:
+        for event in events:
+            producer.send_transaction(event)
+        producer.flush()
+    partition = read_all(s.kafka_bootstrap, s.transactions_topic, 1)[0].partition
+    crashed = object_name(event_date(T0), partition, 0, 1499)
+    Lander(make_client(s), s.data_bucket, s.transactions_topic, Backoff()).write_marker(
+        partition, Marker(0, 1499, [crashed])
+    )
+
+    worker = Worker(s, tmp_path / "worker.log")
+    workers.append(worker)
+    wait_for(lambda: len(stored_rows(s)) >= 3000, 120, worker, "all rows")
+    time.sleep(3)
+
+    names = sorted(
+        o.object_name for o in make_client(s).list_objects(s.data_bucket, "transactions/", recursive=True)
+    )
+    ranges = sorted(parse_object_name(name)[2:] for name in names)
+    assert crashed in names
+    assert ranges[0] == (0, 1499), ranges  # not 0-999, which the size limit alone would give
+    assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(ranges)), ranges
+    assert len(stored_rows(s)) == 3000
+    assert "rewriting uncommitted batch 0-1499" in worker.log.read_text()
+
+
+@pytest.fixture
+def separate_store(settings: Settings, tmp_path) -> Iterator[dict]:
+    """A second object store just for the landed data, so stopping it leaves the broker's store alone."""
+    from deploy import objectstore
+    from deploy.processes import start_daemon, stop_pid, wait_healthy
+    from stream.storage import store_healthy
+
+    home = tmp_path / "data-store"
+    ports = objectstore.choose_ports()
+    endpoint = f"127.0.0.1:{ports['s3']}"
+    store = {"endpoint": endpoint, "pid": None}
+
+    def start() -> None:
+        argv, env = objectstore.command(settings, home, ports)
+        store["pid"] = start_daemon(argv, env, home / "weed.log")
+        client = make_client(dataclasses.replace(settings, minio_endpoint=endpoint), retries=0, timeout_s=2)
+        wait_healthy("data store", store["pid"], lambda: store_healthy(client), 60, home / "weed.log")
+
+    def stop() -> None:
+        stop_pid(store["pid"])
+
+    store.update(start=start, stop=stop)
+    start()
+    yield store
+    stop()
+
+
+def test_object_store_down_for_20s_loses_nothing(
+    ingest_settings: Settings, separate_store, workers, tmp_path
+) -> None:
+    s = dataclasses.replace(ingest_settings, minio_endpoint=separate_store["endpoint"])
+    ensure_buckets(make_client(s), [s.data_bucket])
+    events = [Transaction(f"o-{i}", f"u{i % 101}", f"i{i % 300}", 1, T0 + i) for i in range(6000)]
+    with EventProducer(s) as producer:
+        for event in events[:3000]:
+            producer.send_transaction(event)
+        producer.flush()
+        worker = Worker(s, tmp_path / "worker.log", MINIO_ENDPOINT=s.minio_endpoint)
+        workers.append(worker)
+        wait_for(lambda: len(stored_rows(s)) >= 1000, 120, worker, "a first part to land")
+
+        separate_store["stop"]()
+        for event in events[3000:]:
+            producer.send_transaction(event)
+        producer.flush()
+        time.sleep(20)
+        assert worker.alive(), worker.log.read_text()[-3000:]
+        separate_store["start"]()
+
+    wait_for(lambda: len(stored_rows(s)) >= 6000, 180, worker, "all rows after the outage")
+    time.sleep(3)
+    ids = [row["event_id"] for row in stored_rows(s)]
+    assert len(ids) == 6000 and set(ids) == {e.event_id for e in events}
+    assert "retrying" in worker.log.read_text()
