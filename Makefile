@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make run` and `make test`. Each bootstraps .venv first
 # (a quick no-op when pyproject.toml has not changed since the last install).
-PYTHON ?= python3
+PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

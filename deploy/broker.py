@@ -40,7 +40,8 @@ def command(settings: Settings, port: int, s3_endpoint: str) -> tuple[list[str],
         CLUSTER_ID,
     ]
     scheme = "https" if settings.minio_secure else "http"
-    env = dict(os.environ)
+    # Only the store's own credentials: a developer's AWS profile or session token must not leak in.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
     env.update(
         {
             "AWS_ACCESS_KEY_ID": settings.minio_access_key,

@@ -2,7 +2,8 @@
 
 `weed mini` binds 0.0.0.0 and a dozen fixed ports unless told otherwise, so every
 listener is pinned to loopback and to ports chosen here. SeaweedFS derives some gRPC
-addresses as http port + 10000 regardless of flags, so ports are taken in such pairs.
+addresses as http port + 10000 regardless of flags, so ports are taken in such pairs
+(both below the ephemeral range: 10000-21999 and 20000-31999).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from deploy.processes import StackError, port_is_free
+from deploy.processes import PORT_RANGE, StackError, port_is_free
 from stream.settings import Settings
 
 GRPC_OFFSET = 10000
@@ -51,7 +52,7 @@ def choose_ports(s3_port: int = 0, previous: dict[str, int] | None = None) -> di
                 f"OBJECTSTORE_PORT {s3_port} (or its gRPC port {s3_port + GRPC_OFFSET}) is taken"
             )
         else:
-            port = next((p for p in random.sample(range(20000, 55000), 400) if _pair_free(p, taken)), 0)
+            port = next((p for p in random.sample(PORT_RANGE, 500) if _pair_free(p, taken)), 0)
             if not port:
                 raise StackError("no free port pair found for the object store")
         ports[service] = port

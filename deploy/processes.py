@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,14 +36,15 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def free_port(host: str = "127.0.0.1", avoid: set[int] | None = None) -> int:
-    """A port the kernel says is free now; `avoid` keeps one allocation from handing out a port twice."""
-    avoid = avoid or set()
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port = sock.getsockname()[1]
-        if port not in avoid:
+# Below the kernel's ephemeral range (32768+), so an outgoing connection cannot take a port
+# between the moment it is chosen and the moment the server binds it.
+PORT_RANGE = range(10000, 22000)
+
+
+def free_port() -> int:
+    """A port that is free now, outside the ephemeral range."""
+    for port in random.sample(PORT_RANGE, 500):
+        if port_is_free(port):
             return port
     raise StackError("no free port found on 127.0.0.1")
 

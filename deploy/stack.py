@@ -9,6 +9,7 @@ The endpoints in use are written to `$RECSTREAM_HOME/stack.env` for other progra
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -21,7 +22,6 @@ from deploy import broker, objectstore
 from deploy.processes import (
     StackError,
     free_port,
-    pid_alive,
     pid_runs,
     port_is_free,
     start_daemon,
@@ -103,9 +103,14 @@ class Stack:
 
     def settings(self) -> Settings:
         """The configured settings completed with the endpoints of the embedded parts."""
-        state = self._read_state()
-        overrides = {ENV_NAME[part]: self._endpoint(part, state) for part in PARTS}
-        return load_settings({"RECSTREAM_HOME": str(self.home), **overrides}, use_stack_env=False)
+        return self.settings_from(self._read_state())
+
+    def settings_from(self, state: dict[str, dict]) -> Settings:
+        return dataclasses.replace(
+            self.configured,
+            minio_endpoint=self._endpoint(OBJECTSTORE, state),
+            kafka_bootstrap=self._endpoint(BROKER, state),
+        )
 
     def stack_env(self, settings: Settings) -> dict[str, str]:
         values = {
@@ -120,34 +125,52 @@ class Stack:
 
     # -- up ----------------------------------------------------------------------------------
     def up(self) -> Settings:
-        """Bring every part to a healthy state, create buckets and topics, write stack.env."""
-        with self._locked() as state:
-            for part in PARTS:
-                self._ensure_part(part, state)
-        settings = self.settings()
-        ensure_buckets(make_client(settings), settings.buckets())
-        ensure_topics(settings)
-        write_env_file(settings.stack_env_path, self.stack_env(settings))
+        """Bring every part to a healthy state, create buckets and topics, write stack.env.
+
+        If any step fails, the parts this call started are stopped again, so a failed `up`
+        leaves nothing behind that `down` would have to find.
+        """
+        started: list[str] = []
+        try:
+            with self._locked() as state:
+                for part in PARTS:
+                    if self._ensure_part(part, state):
+                        started.append(part)
+                settings = self.settings_from(state)
+                ensure_buckets(make_client(settings), settings.buckets())
+                ensure_topics(settings)
+                write_env_file(settings.stack_env_path, self.stack_env(settings))
+        except BaseException:
+            for part in reversed(started):
+                self.stop_part(part)
+            raise
         log.info("stack is up; endpoints in %s", settings.stack_env_path)
         return settings
 
-    def _ensure_part(self, part: str, state: dict[str, dict]) -> None:
+    def _ensure_part(self, part: str, state: dict[str, dict]) -> bool:
+        """Make `part` healthy; True when this call started a process for it."""
         external = self._configured_endpoint(part)
+        entry = state.get(part, {})
+        if external and entry.get("managed") and entry.get("endpoint") != external:
+            # The configured endpoint replaces our own part: stop it, or `down` could not find it later.
+            self._stop_entry(part, entry)
         if external:
             if not self._healthy(part, external):
                 raise StackError(f"{ENV_NAME[part]}={external} is configured but does not answer")
+            if entry.get("managed") and entry.get("endpoint") == external:
+                return False  # our own part, named explicitly: keep it managed
             state[part] = {"endpoint": external, "managed": False}
             log.info("%s: using configured %s", part, external)
-            return
-        entry = state.get(part, {})
+            return False
         executable = self._executable(part)
         if pid_runs(entry.get("pid"), executable):
             self._wait(part, entry["pid"], entry["endpoint"])
             log.info("%s: reusing pid %d at %s", part, entry["pid"], entry["endpoint"])
-            return
+            return False
         if entry.get("pid"):
-            log.warning("%s: pid %d is gone; starting it again", part, entry["pid"])
+            log.info("%s: pid %d is gone; starting it again", part, entry["pid"])
         self._start_part(part, state)
+        return True
 
     def _executable(self, part: str) -> str:
         return objectstore.weed_binary() if part == OBJECTSTORE else broker.tansu_binary()
@@ -185,9 +208,7 @@ class Stack:
         return free_port()
 
     def _with_store(self, endpoint: str) -> Settings:
-        return load_settings(
-            {"RECSTREAM_HOME": str(self.home), "MINIO_ENDPOINT": endpoint}, use_stack_env=False
-        )
+        return dataclasses.replace(self.configured, minio_endpoint=endpoint)
 
     def _healthy(self, part: str, endpoint: str) -> bool:
         if part == OBJECTSTORE:
@@ -204,14 +225,19 @@ class Stack:
         )
 
     # -- single-part control (operators and fault tests) --------------------------------------
-    def stop_part(self, part: str) -> None:
+    def _stop_entry(self, part: str, entry: dict) -> bool:
+        """Stop the process of a managed entry if it still runs; True if one was stopped."""
+        pid = entry.get("pid")
+        entry["pid"] = None
+        if entry.get("managed") and pid_runs(pid, self._executable(part)):
+            stop_pid(pid)
+            log.info("%s: stopped pid %d", part, pid)
+            return True
+        return False
+
+    def stop_part(self, part: str) -> bool:
         with self._locked() as state:
-            entry = state.get(part, {})
-            if entry.get("managed") and entry.get("pid"):
-                if pid_runs(entry["pid"], self._executable(part)):
-                    stop_pid(entry["pid"])
-                    log.info("%s: stopped pid %d", part, entry["pid"])
-                entry["pid"] = None
+            return self._stop_entry(part, state.get(part, {}))
 
     def start_part(self, part: str) -> None:
         with self._locked() as state:
@@ -220,14 +246,19 @@ class Stack:
     # -- down / status -----------------------------------------------------------------------
     def down(self) -> list[str]:
         """Stop every part this home started (broker first); returns the ones stopped."""
-        stopped = []
+        if not self.state_path.exists():
+            return []
+        stopped, errors = [], []
         for part in reversed(PARTS):
-            entry = self._read_state().get(part, {})
-            if entry.get("managed") and pid_alive(entry.get("pid")):
-                stopped.append(part)
-            self.stop_part(part)
+            try:
+                if self.stop_part(part):
+                    stopped.append(part)
+            except StackError as exc:  # go on: the other part must still be stopped
+                errors.append(str(exc))
         with contextlib.suppress(FileNotFoundError):
             (self.home / "stack.env").unlink()
+        if errors:
+            raise StackError("; ".join(errors))
         return stopped
 
     def status(self) -> list[PartStatus]:
@@ -237,7 +268,7 @@ class Stack:
             entry = state.get(part, {})
             endpoint = self._endpoint(part, state)
             managed = not self._configured_endpoint(part)
-            pid = entry.get("pid") if managed and pid_alive(entry.get("pid")) else None
+            pid = entry.get("pid") if managed and pid_runs(entry.get("pid"), self._executable(part)) else None
             healthy = bool(endpoint) and (pid is not None or not managed) and self._healthy(part, endpoint)
             result.append(PartStatus(part, endpoint, managed, pid, healthy))
         return result

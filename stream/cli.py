@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     up = sub.add_parser("up", help="start the stack (broker, object store) and reuse a running one")
-    up.add_argument("--infra", action="store_true", help="start only the infrastructure")
+    up.add_argument(
+        "--infra", action="store_true", help="start only the infrastructure (broker, object store)"
+    )
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop what `up` started")
@@ -100,6 +102,9 @@ def _stack(args: argparse.Namespace):
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    if not args.infra:
+        # The supervisor of all services (ingest, scheduler, updater, scorer) is not built yet.
+        raise RecstreamError("only `recstream up --infra` is available so far; run services one by one")
     stack = _stack(args)
     settings = stack.up()
     for part in stack.status():
@@ -147,7 +152,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
         TextColumn("{task.fields[sent]:>9,} events"),
         TimeRemainingColumn(),
     )
-    with EventProducer(settings) as producer, Progress(*columns, console=console) as bar:
+    # The bar is erased when done (the summary says it all) and off when stderr is not a terminal.
+    progress = Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
+    with EventProducer(settings) as producer, progress as bar:
         task = bar.add_task(f"{path.name} ({fmt})", total=path.stat().st_size, sent=0)
         report = produce_file(
             producer,
@@ -156,6 +163,11 @@ def cmd_produce(args: argparse.Namespace) -> int:
             limit=args.limit,
             progress=lambda done, sent: bar.update(task, completed=done, sent=sent),
         )
+    if report.sent == 0:
+        first = (
+            f"; first: line {report.rejected[0].line}: {report.rejected[0].reason}" if report.rejected else ""
+        )
+        raise RecstreamError(f"{path}: no valid event to send ({len(report.rejected):,} invalid rows{first})")
     for rejected in report.rejected[:20]:
         print(f"line {rejected.line}: {rejected.reason}", file=sys.stderr)
     if len(report.rejected) > 20:
@@ -164,8 +176,6 @@ def cmd_produce(args: argparse.Namespace) -> int:
         f"sent {report.sent:,} events to {settings.transactions_topic} in {report.seconds:.1f}s "
         f"({report.rate:,.0f} events/s); {len(report.rejected):,} invalid rows"
     )
-    if report.sent == 0:
-        raise RecstreamError(f"{path}: no valid event to send")
     return 0
 
 
@@ -180,9 +190,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _configure_logging() -> None:
+    """Commands are quiet (WARNING) unless LOG_LEVEL asks for more; services log at LOG_LEVEL."""
     import os
 
     level = os.environ.get("LOG_LEVEL", "WARNING").upper()
+    if level not in logging.getLevelNamesMapping():
+        raise RecstreamError(f"LOG_LEVEL={level!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)")
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -193,8 +206,8 @@ def _configure_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging()
     try:
+        _configure_logging()
         return args.func(args)
     except RecstreamError as exc:
         print(f"recstream: {exc}", file=sys.stderr)

@@ -52,13 +52,8 @@ class EventProducer:
         except (NoBrokersAvailable, KafkaTimeoutError) as exc:
             raise BrokerUnavailable(f"no Kafka broker answers at {self.bootstrap}") from exc
         self._lock = threading.Lock()
-        self.acked = 0
         self.failed = 0
         self.last_error: str | None = None
-
-    def _on_success(self, _metadata: Any) -> None:
-        with self._lock:
-            self.acked += 1
 
     def _on_error(self, exc: BaseException) -> None:
         with self._lock:
@@ -84,7 +79,6 @@ class EventProducer:
             raise BrokerUnavailable(
                 f"broker at {self.bootstrap} did not answer within {self.timeout_s:g}s"
             ) from exc
-        future.add_callback(self._on_success)
         future.add_errback(self._on_error)
 
     def send_json(self, topic: str, value: Mapping[str, Any], *, key: str | None = None) -> None:

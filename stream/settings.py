@@ -9,6 +9,7 @@ checked against it.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +48,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise ValueError(f"not a port: {text!r}")
     return value
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
 
 
 def _optional(text: str) -> str | None:
@@ -69,7 +84,7 @@ class Field:
 
 FIELDS: tuple[Field, ...] = (
     Field("RECSTREAM_ENV", "env", str, "local", "local or production (production refuses local credentials)"),
-    Field("LOG_LEVEL", "log_level", str, "INFO", "logging level of services"),
+    Field("LOG_LEVEL", "log_level", _log_level, "INFO", "logging level of services"),
     # Endpoints: empty means "the embedded stack provides it".
     Field(
         "KAFKA_BOOTSTRAP", "kafka_bootstrap", _optional, "", "Kafka bootstrap servers host:port[,host:port]"
@@ -106,7 +121,7 @@ FIELDS: tuple[Field, ...] = (
         "BROKER_REBALANCE_TIMEOUT_S", "broker_rebalance_timeout_s", _positive_float, "4", "rebalance timeout"
     ),
     Field("BROKER_HEARTBEAT_S", "broker_heartbeat_s", _positive_float, "1", "group heartbeat interval"),
-    Field("PRODUCER_LINGER_MS", "producer_linger_ms", int, "5", "producer batching delay"),
+    Field("PRODUCER_LINGER_MS", "producer_linger_ms", _non_negative_int, "5", "producer batching delay"),
     Field(
         "PRODUCER_TIMEOUT_S", "producer_timeout_s", _positive_float, "30", "delivery confirmation deadline"
     ),
@@ -219,7 +234,11 @@ def read_env_file(path: Path) -> dict[str, str]:
         name, sep, value = line.partition("=")
         if not sep:
             raise SettingsError(f"{path}:{number}: expected KEY=value")
-        values[name.strip()] = value.strip()
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise SettingsError(f"{path}:{number}: {exc}") from None
+        values[name.strip()] = " ".join(words)
     return values
 
 
@@ -227,10 +246,10 @@ def write_env_file(path: Path, values: Mapping[str, str]) -> None:
     """Write atomically so a reader never sees half a file; owner-only since it holds credentials."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    body = "".join(f"{key}={value}\n" for key, value in values.items())
+    body = "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write("# written by `recstream up`; source it to reach the running stack\n")
+        handle.write("# written by `recstream up`; `set -a; . ./stack.env; set +a` exports it to programs\n")
         handle.write(body)
     os.replace(tmp, path)
 
@@ -248,7 +267,7 @@ def load_settings(
     """
     environ = os.environ if environ is None else environ
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    home = Path(given["RECSTREAM_HOME"]).resolve() if "RECSTREAM_HOME" in given else default_home(environ)
+    home = default_home({"RECSTREAM_HOME": given["RECSTREAM_HOME"]} if "RECSTREAM_HOME" in given else environ)
     stack = read_env_file(home / "stack.env") if use_stack_env else {}
     values: dict[str, object] = {"home": home}
     for f in FIELDS:

@@ -13,11 +13,9 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
 from deploy.stack import Stack
-from stream.settings import Settings
+from stream.settings import ENV_NAMES, Settings
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "data" / "transactions.csv"
-# Endpoints of a developer's own running stack must not leak into the tests' stack.
-_ENDPOINT_VARS = ("KAFKA_BOOTSTRAP", "MINIO_ENDPOINT", "TF_SERVING_GRPC", "TF_SERVING_REST", "RECSTREAM_HOME")
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +26,8 @@ def seed_file() -> Path:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    saved = {name: os.environ.pop(name) for name in _ENDPOINT_VARS if name in os.environ}
+    # A developer's own settings (endpoints, ports, credentials, topics) must not leak into the tests' stack.
+    saved = {name: os.environ.pop(name) for name in ENV_NAMES if name in os.environ}
     home = tmp_path_factory.mktemp("recstream-home")
     os.environ["RECSTREAM_HOME"] = str(home)
     stack = Stack.from_environment()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -63,8 +64,10 @@ def _consume(bootstrap: str, topic: str, group: str, count: int) -> list[str]:
         heartbeat_interval_ms=1000,
     )
     ids: list[str] = []
+    deadline = time.monotonic() + 60
     try:
         while len(ids) < count:
+            assert time.monotonic() < deadline, f"only {len(ids)} of {count} records arrived"
             for batch in consumer.poll(timeout_ms=1000, max_records=count - len(ids)).values():
                 ids.extend(json.loads(r.value)["event_id"] for r in batch)
         consumer.commit()

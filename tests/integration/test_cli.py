@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from kafka_helpers import read_all
 
+from deploy.processes import pid_alive
 from stream.settings import Settings
 
 RECSTREAM = [sys.executable, "-m", "stream.cli"]
@@ -94,8 +96,7 @@ def test_file_without_valid_rows_fails(settings: Settings, tmp_path: Path) -> No
     events = tmp_path / "bad.csv"
     events.write_text("customerId,products\n,1|2\n")
     result = run(["produce", str(events)], settings.home, TRANSACTIONS_TOPIC="cli-empty-test")
-    assert result.returncode == 1
-    assert "no valid event" in result.stderr and "Traceback" not in result.stderr
+    assert_one_line_error(result, "no valid event to send (1 invalid rows; first: line 2: user_id")
 
 
 def test_help_does_not_import_heavy_modules() -> None:
@@ -106,3 +107,30 @@ def test_help_does_not_import_heavy_modules() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.integration
+def test_up_status_down_through_the_cli(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {"STACK_START_TIMEOUT_S": "60"}
+    try:
+        up = run(["up", "--infra"], home, **env)
+        assert up.returncode == 0, up.stderr
+        assert "objectstore" in up.stdout and "broker" in up.stdout
+        status = run(["status", "--json"], home, **env)
+        assert status.returncode == 0, status.stderr
+        parts = {p["name"]: p for p in json.loads(status.stdout)["parts"]}
+        assert all(p["healthy"] and p["managed"] and p["pid"] for p in parts.values())
+        again = run(["up", "--infra"], home, **env)  # reuses the running parts
+        assert again.returncode == 0 and all(f"pid {p['pid']}" in again.stdout for p in parts.values())
+    finally:
+        down = run(["down"], home)
+    assert down.returncode == 0 and "stopped: broker, objectstore" in down.stdout
+    assert not any(pid_alive(p["pid"]) for p in parts.values())
+    after = run(["status"], home)
+    assert after.returncode == 1 and after.stdout.count("not running") == 2
+
+
+def test_plain_up_and_bad_log_level_are_one_line(tmp_path: Path) -> None:
+    assert_one_line_error(run(["up"], tmp_path), "recstream up --infra")
+    assert_one_line_error(run(["status"], tmp_path, LOG_LEVEL="verbose"), "LOG_LEVEL='VERBOSE'")

@@ -41,16 +41,29 @@ def test_up_reuses_a_running_stack_and_down_leaves_no_process(tmp_path) -> None:
     assert all(not p.healthy and p.pid is None for p in stack.status())
 
 
-def test_taken_port_is_a_one_line_error(tmp_path, settings: Settings) -> None:
+def test_taken_port_is_a_one_line_error_and_nothing_is_left_running(tmp_path, settings: Settings) -> None:
     taken = split_hostport(settings.kafka_bootstrap)[1]  # the session broker holds it
     stack = _stack(tmp_path, BROKER_PORT=str(taken))
-    try:
-        with pytest.raises(StackError) as error:
-            stack.up()
-    finally:
-        stack.down()
+    with pytest.raises(StackError) as error:
+        stack.up()
     message = str(error.value)
     assert "\n" not in message and f"BROKER_PORT {taken} is taken" in message
+    assert stack.down() == []  # the object store this `up` had started was stopped already
+    assert all(p.pid is None for p in stack.status())
+
+
+def test_configured_endpoint_replaces_and_stops_an_embedded_part(tmp_path, settings: Settings) -> None:
+    own = _stack(tmp_path)
+    try:
+        own.up()
+        embedded = {p.name: p for p in own.status()}["broker"]
+        # The same home, now configured to use the session's broker instead of its own.
+        _stack(tmp_path, KAFKA_BOOTSTRAP=settings.kafka_bootstrap).up()
+        assert not pid_alive(embedded.pid), "the replaced embedded broker must be stopped, not orphaned"
+        assert read_env_file(tmp_path / "stack.env")["KAFKA_BOOTSTRAP"] == settings.kafka_bootstrap
+    finally:
+        own.down()
+    assert all(p.pid is None for p in own.status())
 
 
 def test_configured_endpoint_that_does_not_answer_is_refused(tmp_path) -> None:
