@@ -52,7 +52,9 @@ def _reason_kind(reason: str) -> str:
 class IngestWorker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.app = create_app("ingest", settings)
+        # Buffered records are acked only when flushed, so Faust must not wait for them to be acked
+        # before a rebalance or shutdown (it would wait forever); they are redelivered instead.
+        self.app = create_app("ingest", settings, stream_wait_empty=False)
         self.source = self.app.topic(
             settings.transactions_topic, key_serializer="raw", value_serializer="raw"
         )

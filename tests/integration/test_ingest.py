@@ -289,3 +289,39 @@ def test_object_store_down_for_20s_loses_nothing(
     ids = [row["event_id"] for row in stored_rows(s)]
     assert len(ids) == 6000 and set(ids) == {e.event_id for e in events}
     assert "retrying" in worker.log.read_text()
+
+
+def test_sigterm_with_buffered_records_stops_and_loses_nothing(
+    ingest_settings: Settings, workers, tmp_path
+) -> None:
+    import urllib.request
+
+    from deploy.processes import free_port
+
+    s = ingest_settings
+    events = [Transaction(f"t-{i}", f"u{i % 13}", "i1", 1, T0 + i) for i in range(50)]
+    with EventProducer(s) as producer:
+        for event in events:
+            producer.send_transaction(event)
+        producer.flush()
+    port = free_port()
+    worker = Worker(s, tmp_path / "worker-1.log", INGEST_FLUSH_S="600", INGEST_METRICS_PORT=str(port))
+    workers.append(worker)
+
+    def consumed() -> bool:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return False
+        return 'recstream_ingest_events_total{result="valid"} 50.0' in text
+
+    wait_for(consumed, 120, worker, "the 50 records to be buffered")
+    assert stored_rows(s) == []  # buffered, not flushed
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=60) == 0, worker.log.read_text()[-3000:]
+
+    second = Worker(s, tmp_path / "worker-2.log")
+    workers.append(second)
+    wait_for(lambda: len(stored_rows(s)) >= 50, 120, second, "the redelivered records")
+    time.sleep(3)
+    assert sorted(row["event_id"] for row in stored_rows(s)) == sorted(e.event_id for e in events)
