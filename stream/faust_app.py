@@ -34,7 +34,6 @@ def create_app(name: str, settings: Settings, **overrides: Any) -> faust.App:
         "producer_acks": -1,
         # Faust's web server would bind 0.0.0.0:6066; services expose metrics on their own port.
         "web_enabled": False,
-        "web_host": "127.0.0.1",
     }
     options.update(overrides)
     return faust.App(f"recstream-{name}", **options)

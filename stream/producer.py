@@ -9,11 +9,9 @@ acknowledged, so callers never report an unconfirmed send as done.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError, NoBrokersAvailable
@@ -80,9 +78,6 @@ class EventProducer:
                 f"broker at {self.bootstrap} did not answer within {self.timeout_s:g}s"
             ) from exc
         future.add_errback(self._on_error)
-
-    def send_json(self, topic: str, value: Mapping[str, Any], *, key: str | None = None) -> None:
-        self.send(topic, json.dumps(value, separators=(",", ":")).encode(), key=key)
 
     def send_transaction(self, event: Transaction) -> None:
         self.send(self.transactions_topic, event.to_json(), key=event.user_id)
