@@ -38,7 +38,10 @@ FLUSH = Histogram(
     "Time to land a batch, dead-letter and commit",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
-LAG = Gauge("recstream_ingest_consumer_lag", "Records behind the partition's high watermark", ["partition"])
+VALID, INVALID = EVENTS.labels("valid"), EVENTS.labels("invalid")
+LAG = Gauge(
+    "recstream_ingest_consumer_lag", "Records behind the high watermark at the last flush", ["partition"]
+)
 REDELIVERED = Counter(
     "recstream_ingest_redelivered_batches_total", "Batches rewritten after an uncommitted flush"
 )
@@ -96,14 +99,11 @@ class IngestWorker:
                 )
             except InvalidMessage as exc:
                 batch.add_dead(DeadLetter(message.offset, message.key, message.value, exc.reason))
-                EVENTS.labels("invalid").inc()
+                INVALID.inc()
             else:
                 batch.add(message.offset, transaction)
-                EVENTS.labels("valid").inc()
+                VALID.inc()
             self.events.setdefault(partition, []).append(event)
-            highwater = self.app.consumer.highwater(message.tp)
-            if highwater is not None:
-                LAG.labels(str(partition)).set(max(0, highwater - message.offset - 1))
             if self._due(partition):
                 await self._flush(partition)
 
@@ -124,6 +124,9 @@ class IngestWorker:
         started = time.monotonic()
         batch = self.batches.pop(partition)
         events = self.events.pop(partition)
+        highwater = self.app.consumer.highwater(events[-1].message.tp)
+        if highwater is not None:
+            LAG.labels(str(partition)).set(max(0, highwater - batch.last - 1))
         previous = self.markers.get(partition)
         redelivered = previous is not None and (previous.first, previous.last) == (batch.first, batch.last)
         if redelivered:
