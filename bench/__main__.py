@@ -1,10 +1,8 @@
 """`python -m bench` (make bench): run every benchmark in turn."""
 
-import logging
-
 from bench import ingest, produce
+from bench.common import setup_logging
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-logging.getLogger("kafka").setLevel(logging.WARNING)
+setup_logging()
 for benchmark in (produce, ingest):
     benchmark.main()

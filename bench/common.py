@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -17,6 +18,11 @@ from stream.settings import Settings, load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEED = Path(__file__).resolve().parents[2] / "shared" / "data" / "transactions.csv"
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager

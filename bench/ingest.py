@@ -20,7 +20,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.common import SEED, temporary_stack, write_result
+from bench.common import SEED, setup_logging, temporary_stack, write_result
 from ingest.batches import parse_object_name
 from stream.produce import produce_file
 from stream.producer import EventProducer
@@ -113,6 +113,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    setup_logging()
     main()

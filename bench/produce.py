@@ -14,7 +14,7 @@ import time
 
 from kafka import KafkaProducer
 
-from bench.common import SEED, temporary_stack, write_result
+from bench.common import SEED, setup_logging, temporary_stack, write_result
 from stream.produce import produce_file
 from stream.producer import EventProducer
 from stream.schemas import Transaction
@@ -60,6 +60,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    setup_logging()
     main()

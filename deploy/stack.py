@@ -151,14 +151,13 @@ class Stack:
         """Make `part` healthy; True when this call started a process for it."""
         external = self._configured_endpoint(part)
         entry = state.get(part, {})
-        if external and entry.get("managed") and entry.get("endpoint") != external:
-            # The configured endpoint replaces our own part: stop it, or `down` could not find it later.
-            self._stop_entry(part, entry)
         if external:
             if not self._healthy(part, external):
                 raise StackError(f"{ENV_NAME[part]}={external} is configured but does not answer")
             if entry.get("managed") and entry.get("endpoint") == external:
                 return False  # our own part, named explicitly: keep it managed
+            # The configured endpoint replaces our own part: stop it, or `down` could not find it later.
+            self._stop_entry(part, entry)
             state[part] = {"endpoint": external, "managed": False}
             log.info("%s: using configured %s", part, external)
             return False

@@ -10,11 +10,15 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from stream.errors import RecstreamError
+from stream.settings import parse_log_level, positive_float, positive_int
+
+T = TypeVar("T")
 
 log = logging.getLogger("recstream")
 
@@ -26,24 +30,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _arg(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """A settings parser as an argparse type, keeping its message in the one-line error."""
 
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
+    return convert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     produce = sub.add_parser("produce", help="send purchase events from a seed, JSONL or CSV file")
     produce.add_argument("file", type=Path, help="customerId,products seed file, or events as JSONL/CSV")
     produce.add_argument(
-        "--rate", type=_positive_float, help="events per second (default: as fast as possible)"
+        "--rate", type=_arg(positive_float), help="events per second (default: as fast as possible)"
     )
-    produce.add_argument("--limit", type=_positive_int, help="send at most N events")
+    produce.add_argument("--limit", type=_arg(positive_int), help="send at most N events")
     produce.set_defaults(func=cmd_produce)
 
     ingest = sub.add_parser(
@@ -193,9 +189,11 @@ def _configure_logging() -> None:
     """Commands are quiet (WARNING) unless LOG_LEVEL asks for more; services log at LOG_LEVEL."""
     import os
 
-    level = os.environ.get("LOG_LEVEL", "WARNING").upper()
-    if level not in logging.getLevelNamesMapping():
-        raise RecstreamError(f"LOG_LEVEL={level!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)")
+    raw = os.environ.get("LOG_LEVEL", "WARNING")
+    try:
+        level = parse_log_level(raw)
+    except ValueError as exc:
+        raise RecstreamError(f"LOG_LEVEL={raw.upper()!r}: {exc}") from None
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

@@ -34,35 +34,42 @@ def _bool(text: str) -> bool:
     raise ValueError(f"expected true/false, got {text!r}")
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
+def _number(text: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float)
     if not value > 0:
         raise ValueError(f"must be > 0, got {text!r}")
     return value
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
+def positive_int(text: str) -> int:
+    value = _number(text, int)
     if value < 1:
         raise ValueError(f"must be >= 1, got {text!r}")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _number(text, int)
     if value < 0:
         raise ValueError(f"must be >= 0, got {text!r}")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _number(text, int)
     if not 0 <= value <= 65535:
         raise ValueError(f"not a port: {text!r}")
     return value
 
 
-def _log_level(text: str) -> str:
+def parse_log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
@@ -84,7 +91,7 @@ class Field:
 
 FIELDS: tuple[Field, ...] = (
     Field("RECSTREAM_ENV", "env", str, "local", "local or production (production refuses local credentials)"),
-    Field("LOG_LEVEL", "log_level", _log_level, "INFO", "logging level of services"),
+    Field("LOG_LEVEL", "log_level", parse_log_level, "INFO", "logging level of services"),
     # Endpoints: empty means "the embedded stack provides it".
     Field(
         "KAFKA_BOOTSTRAP", "kafka_bootstrap", _optional, "", "Kafka bootstrap servers host:port[,host:port]"
@@ -108,35 +115,31 @@ FIELDS: tuple[Field, ...] = (
     Field("RECOMMENDATIONS_TOPIC", "recommendations_topic", str, "recommendations", "answers to requests"),
     Field("MODEL_UPDATES_TOPIC", "model_updates_topic", str, "model-updates", "model lifecycle events"),
     Field("DRIFT_ALERTS_TOPIC", "drift_alerts_topic", str, "drift-alerts", "drift alerts"),
-    Field("TOPIC_PARTITIONS", "topic_partitions", _positive_int, "4", "partitions of the data topics"),
+    Field("TOPIC_PARTITIONS", "topic_partitions", positive_int, "4", "partitions of the data topics"),
     # Embedded stack.
     Field("BROKER_PORT", "broker_port", _port, "0", "embedded broker port (0: a free one)"),
     Field("OBJECTSTORE_PORT", "objectstore_port", _port, "0", "embedded S3 port (0: a free one)"),
-    Field("STACK_START_TIMEOUT_S", "stack_start_timeout_s", _positive_float, "60", "health-check deadline"),
+    Field("STACK_START_TIMEOUT_S", "stack_start_timeout_s", positive_float, "60", "health-check deadline"),
     # Kafka clients.
     Field(
-        "BROKER_SESSION_TIMEOUT_S", "broker_session_timeout_s", _positive_float, "6", "group session timeout"
+        "BROKER_SESSION_TIMEOUT_S", "broker_session_timeout_s", positive_float, "6", "group session timeout"
     ),
     Field(
-        "BROKER_REBALANCE_TIMEOUT_S", "broker_rebalance_timeout_s", _positive_float, "4", "rebalance timeout"
+        "BROKER_REBALANCE_TIMEOUT_S", "broker_rebalance_timeout_s", positive_float, "4", "rebalance timeout"
     ),
-    Field("BROKER_HEARTBEAT_S", "broker_heartbeat_s", _positive_float, "1", "group heartbeat interval"),
+    Field("BROKER_HEARTBEAT_S", "broker_heartbeat_s", positive_float, "1", "group heartbeat interval"),
     Field("PRODUCER_LINGER_MS", "producer_linger_ms", _non_negative_int, "5", "producer batching delay"),
-    Field(
-        "PRODUCER_TIMEOUT_S", "producer_timeout_s", _positive_float, "30", "delivery confirmation deadline"
-    ),
+    Field("PRODUCER_TIMEOUT_S", "producer_timeout_s", positive_float, "30", "delivery confirmation deadline"),
     # Operational knobs of the stages.
-    Field("RETRAIN_INTERVAL_S", "retrain_interval_s", _positive_float, "1800", "scheduled retrain period"),
-    Field(
-        "RETRAIN_COOLDOWN_S", "retrain_cooldown_s", _positive_float, "300", "minimum gap of drift retrains"
-    ),
-    Field("INGEST_FLUSH_EVENTS", "ingest_flush_events", _positive_int, "5000", "events per Parquet object"),
-    Field("INGEST_FLUSH_S", "ingest_flush_s", _positive_float, "10", "max age of a buffered batch"),
+    Field("RETRAIN_INTERVAL_S", "retrain_interval_s", positive_float, "1800", "scheduled retrain period"),
+    Field("RETRAIN_COOLDOWN_S", "retrain_cooldown_s", positive_float, "300", "minimum gap of drift retrains"),
+    Field("INGEST_FLUSH_EVENTS", "ingest_flush_events", positive_int, "5000", "events per Parquet object"),
+    Field("INGEST_FLUSH_S", "ingest_flush_s", positive_float, "10", "max age of a buffered batch"),
     Field("METRICS_HOST", "metrics_host", str, "127.0.0.1", "address the services' /metrics listen on"),
     Field(
         "INGEST_METRICS_PORT", "ingest_metrics_port", _port, "9401", "ingest worker /metrics port (0: free)"
     ),
-    Field("DRIFT_HORIZON_S", "drift_horizon_s", _positive_float, "3600", "hit window after a recommendation"),
+    Field("DRIFT_HORIZON_S", "drift_horizon_s", positive_float, "3600", "hit window after a recommendation"),
 )
 
 ENV_NAMES: frozenset[str] = frozenset(f.env for f in FIELDS) | {"RECSTREAM_HOME"}

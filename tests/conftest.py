@@ -9,8 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
+from kafka_helpers import create_topic
 
 from deploy.stack import Stack
 from stream.settings import ENV_NAMES, Settings
@@ -48,13 +47,7 @@ def settings(stack: Stack) -> Settings:
 @pytest.fixture
 def fresh_topic(settings: Settings) -> str:
     """A new topic per test, so tests never read each other's records."""
-    name = f"test-{uuid.uuid4().hex[:10]}"
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    try:
-        admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
-    finally:
-        admin.close()
-    return name
+    return create_topic(settings.kafka_bootstrap, f"test-{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 
 
@@ -44,3 +45,12 @@ def read_all(
         return records
     finally:
         consumer.close()
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = 3) -> str:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    finally:
+        admin.close()
+    return name

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from kafka_helpers import read_all
+from kafka_helpers import create_topic, read_all
 
 from ingest.reader import read_transactions
 from stream.producer import EventProducer
@@ -55,12 +55,7 @@ def ingest_settings(settings: Settings, fresh_topic: str) -> Settings:
     bucket = f"ingest-{suffix}"
     dlq = f"dlq-{suffix}"
     ensure_buckets(make_client(settings), [bucket])
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    admin.create_topics([NewTopic(dlq, num_partitions=3, replication_factor=1)])
-    admin.close()
+    create_topic(settings.kafka_bootstrap, dlq)
     return dataclasses.replace(
         settings, transactions_topic=fresh_topic, dlq_topic=dlq, data_bucket=bucket, topic_partitions=3
     )
