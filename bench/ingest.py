@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,6 +50,23 @@ async def bare_read_rate(bootstrap: str, topic: str, total: int) -> float:
         await consumer.stop()
 
 
+def faust_floor_rate(env: dict[str, str]) -> float:
+    """Events/s of a Faust agent that does nothing but count, on the same topic."""
+    probe = subprocess.run(
+        [sys.executable, "-m", "bench.faust_floor", "worker"],
+        env={**env, "FLOOR_EVENTS": str(EVENTS)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
+    )
+    # Faust's worker routes stdout through its logger, so the line may arrive on stderr.
+    rates = re.findall(r"RATE ([0-9.]+)", probe.stdout + probe.stderr)
+    if not rates:
+        raise RuntimeError(f"Faust probe failed: {probe.stderr[-2000:]}")
+    return float(rates[0])
+
+
 def landed_offsets(settings: Settings) -> int:
     """Offsets covered by landed objects (the seed's events all fall on one date per batch)."""
     ends: dict[int, int] = {}
@@ -72,6 +90,8 @@ def main() -> None:
             "INGEST_METRICS_PORT": "0",
             "LOG_LEVEL": "WARNING",
         }
+        floor = faust_floor_rate(env)
+        log.info("bare Faust agent: %.0f events/s", floor)
         with tempfile.TemporaryFile() as out:
             start = time.monotonic()
             worker = subprocess.Popen(
@@ -82,7 +102,7 @@ def main() -> None:
                 start_new_session=True,
             )
             try:
-                first_landing = None
+                first_landing, landed_first = None, 0
                 while (landed := landed_offsets(target)) < EVENTS:
                     if worker.poll() is not None:
                         out.seek(0)
@@ -90,13 +110,14 @@ def main() -> None:
                             f"ingest worker died: {out.read()[-2000:].decode(errors='replace')}"
                         )
                     if landed and first_landing is None:
-                        first_landing = time.monotonic() - start
+                        first_landing, landed_first = time.monotonic() - start, landed
                     time.sleep(0.25)
                 seconds = time.monotonic() - start
             finally:
                 os.killpg(worker.pid, signal.SIGTERM)
                 worker.wait(timeout=30)
     rate = EVENTS / seconds
+    steady = (EVENTS - landed_first) / (seconds - (first_landing or 0))
     log.info("ingest: %.0f events/s (%.1fs, first object after %.1fs)", rate, seconds, first_landing or 0)
     path = write_result(
         "ingest",
@@ -108,6 +129,10 @@ def main() -> None:
         seconds=round(seconds, 2),
         first_object_after_s=round(first_landing or 0, 2),
         flush_events=settings.ingest_flush_events,
+        # From the first landed object on: start-up and group join excluded, as in the Faust probe.
+        steady_events_per_s=round(steady, 1),
+        bare_faust_agent_events_per_s=round(floor, 1),
+        steady_ratio_to_bare_faust_agent=round(steady / floor, 3),
     )
     print(path.read_text())
 

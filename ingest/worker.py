@@ -52,6 +52,12 @@ def _reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0][:32]
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """Log a failed flush at once; it is re-raised in the agent by the partition's next flush."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("flush failed; its records stay uncommitted", exc_info=task.exception())
+
+
 class IngestWorker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -72,6 +78,9 @@ class IngestWorker:
         self.events: dict[int, list[Any]] = {}
         # The marker found when a partition's first record arrived after assignment; None once we own it.
         self.markers: dict[int, Marker | None] = {}
+        # At most one flush in flight per partition, so consumption goes on while a batch is written
+        # and flushes (hence acks and commits) of one partition stay in offset order.
+        self.flushing: dict[int, asyncio.Task[None]] = {}
         self.locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.stream: Any = None
         self.app.agent(self.source, name="land-transactions")(self._agent)
@@ -105,7 +114,7 @@ class IngestWorker:
                 VALID.inc()
             self.events.setdefault(partition, []).append(event)
             if self._due(partition):
-                await self._flush(partition)
+                await self._start_flush(partition)
 
     def _due(self, partition: int) -> bool:
         marker = self.markers.get(partition)
@@ -117,17 +126,33 @@ class IngestWorker:
         for partition in list(self.batches):
             async with self.locks[partition]:
                 if partition in self.batches and self._due(partition):
-                    await self._flush(partition)
+                    await self._start_flush(partition)
 
-    async def _flush(self, partition: int) -> None:
-        """Land, dead-letter, ack, commit; the caller holds the partition's lock."""
+    async def _start_flush(self, partition: int) -> None:
+        """Hand the partition's batch to a flush task; the caller holds the partition's lock.
+
+        Waits for the partition's previous flush first, which bounds memory to one batch being
+        written and one being filled per partition, and is where a failed flush surfaces.
+        """
+        await self._wait_flushed(partition)
+        batch, events = self.batches.pop(partition), self.events.pop(partition)
+        previous, self.markers[partition] = self.markers.get(partition), None
+        task = asyncio.create_task(self._flush(batch, events, previous))
+        task.add_done_callback(_log_failure)
+        self.flushing[partition] = task
+
+    async def _wait_flushed(self, partition: int) -> None:
+        task = self.flushing.pop(partition, None)
+        if task is not None:
+            await task
+
+    async def _flush(self, batch: Batch, events: list[Any], previous: Marker | None) -> None:
+        """Land, dead-letter, ack, commit."""
         started = time.monotonic()
-        batch = self.batches.pop(partition)
-        events = self.events.pop(partition)
+        partition = batch.partition
         highwater = self.app.consumer.highwater(events[-1].message.tp)
         if highwater is not None:
             LAG.labels(str(partition)).set(max(0, highwater - batch.last - 1))
-        previous = self.markers.get(partition)
         redelivered = previous is not None and (previous.first, previous.last) == (batch.first, batch.last)
         if redelivered:
             REDELIVERED.inc()
@@ -141,7 +166,6 @@ class IngestWorker:
         for event in events:
             await self.stream.ack(event)
         await self.app.consumer.commit()
-        self.markers[partition] = None
         ROWS.inc(len(batch.rows))
         OBJECTS.inc(len(marker.objects))
         FLUSH.observe(time.monotonic() - started)
@@ -180,6 +204,7 @@ class IngestWorker:
             if tp.topic != self.settings.transactions_topic:
                 continue
             async with self.locks[tp.partition]:
+                await self._wait_flushed(tp.partition)  # it commits while we still own the partition
                 self.batches.pop(tp.partition, None)
                 self.events.pop(tp.partition, None)
                 self.markers.pop(tp.partition, None)

@@ -1,0 +1,37 @@
+"""A Faust agent that only counts records: the rate Faust's per-record path allows on this machine.
+
+bench/ingest runs it on the same topic as the ingest worker, so its report separates the
+cost of Faust itself from the cost of landing. Prints `RATE <events/s>` once it has seen
+N records (env), timed from the first record, and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import faust
+
+from stream.faust_app import create_app
+from stream.settings import load_settings
+
+settings = load_settings()
+app = create_app("bench-faust-floor", settings, stream_wait_empty=False)
+topic = app.topic(settings.transactions_topic, key_serializer="raw", value_serializer="raw")
+wanted = int(os.environ["FLOOR_EVENTS"])
+
+
+@app.agent(topic)
+async def count(stream: faust.StreamT) -> None:
+    seen, start = 0, 0.0
+    async for _event in stream.events():
+        if seen == 0:
+            start = time.monotonic()
+        seen += 1
+        if seen >= wanted:
+            print(f"RATE {(seen - 1) / (time.monotonic() - start):.1f}", flush=True)
+            os._exit(0)  # a probe: no graceful Faust shutdown needed
+
+
+if __name__ == "__main__":
+    faust.Worker(app, loglevel="warn", quiet=True).execute_from_commandline()
