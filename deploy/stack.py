@@ -14,11 +14,12 @@ import fcntl
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy import broker, objectstore
+from deploy import broker, modelserver, objectstore
 from deploy.processes import (
     StackError,
     free_port,
@@ -36,8 +37,19 @@ log = logging.getLogger(__name__)
 
 OBJECTSTORE = "objectstore"
 BROKER = "broker"
-PARTS = (OBJECTSTORE, BROKER)  # start order; stopped in reverse
-ENV_NAME = {OBJECTSTORE: "MINIO_ENDPOINT", BROKER: "KAFKA_BOOTSTRAP"}
+MODELSERVER = "modelserver"
+PARTS = (OBJECTSTORE, BROKER, MODELSERVER)  # start order; stopped in reverse
+ENV_NAME = {OBJECTSTORE: "MINIO_ENDPOINT", BROKER: "KAFKA_BOOTSTRAP", MODELSERVER: "TF_SERVING_GRPC"}
+# The model server follows its config file, which the updater writes before each reload (as with
+# tensorflow/serving in deploy/compose); a bad version fails at once instead of retrying for minutes.
+MODELSERVER_ARGS = (
+    "--model-config-file-poll-wait-seconds",
+    "30",
+    "--allow-version-labels-for-unavailable-models",
+    "--max-num-load-retries",
+    "0",
+)
+EMPTY_MODEL_CONFIG = "model_config_list {}\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +106,8 @@ class Stack:
 
     # -- effective settings ------------------------------------------------------------------
     def _configured_endpoint(self, part: str) -> str | None:
+        if part == MODELSERVER:
+            return self.configured.tf_serving_grpc
         return self.configured.minio_endpoint if part == OBJECTSTORE else self.configured.kafka_bootstrap
 
     def _endpoint(self, part: str, state: dict[str, dict]) -> str | None:
@@ -106,10 +120,14 @@ class Stack:
         return self.settings_from(self._read_state())
 
     def settings_from(self, state: dict[str, dict]) -> Settings:
+        serving = state.get(MODELSERVER, {})
         return dataclasses.replace(
             self.configured,
             minio_endpoint=self._endpoint(OBJECTSTORE, state),
             kafka_bootstrap=self._endpoint(BROKER, state),
+            tf_serving_grpc=self._endpoint(MODELSERVER, state),
+            tf_serving_rest=self.configured.tf_serving_rest
+            or (serving.get("rest") if serving.get("pid") and serving.get("managed") else None),
         )
 
     def stack_env(self, settings: Settings) -> dict[str, str]:
@@ -120,6 +138,9 @@ class Stack:
             "MINIO_SECRET_KEY": settings.minio_secret_key,
             "MINIO_SECURE": "true" if settings.minio_secure else "false",
             "MINIO_REGION": settings.minio_region,
+            "TF_SERVING_GRPC": settings.tf_serving_grpc or "",
+            "TF_SERVING_REST": settings.tf_serving_rest or "",
+            "MODEL_BASE_PATH": str(settings.model_base_path),
         }
         return {k: v for k, v in values.items() if v}
 
@@ -163,7 +184,7 @@ class Stack:
             return False
         executable = self._executable(part)
         if pid_runs(entry.get("pid"), executable):
-            self._wait(part, entry["pid"], entry["endpoint"])
+            self._wait(part, entry["pid"], entry["endpoint"], entry.get("rest"))
             log.info("%s: reusing pid %d at %s", part, entry["pid"], entry["endpoint"])
             return False
         if entry.get("pid"):
@@ -172,6 +193,8 @@ class Stack:
         return True
 
     def _executable(self, part: str) -> str:
+        if part == MODELSERVER:
+            return sys.executable
         return objectstore.weed_binary() if part == OBJECTSTORE else broker.tansu_binary()
 
     def _start_part(self, part: str, state: dict[str, dict]) -> None:
@@ -181,6 +204,9 @@ class Stack:
             argv, env = objectstore.command(self.configured, self.home, ports)
             endpoint = f"127.0.0.1:{ports['s3']}"
             entry = {"ports": ports}
+        elif part == MODELSERVER:
+            argv, env, entry = self._modelserver_command(entry)
+            endpoint = f"127.0.0.1:{entry['grpc']}"
         else:
             port = self._broker_port(entry.get("port"))
             store = self._endpoint(OBJECTSTORE, state)
@@ -193,32 +219,53 @@ class Stack:
         pid = start_daemon(argv, env, self.log_path(part), cwd=self.home)
         entry.update({"pid": pid, "endpoint": endpoint, "managed": True})
         state[part] = entry
-        self._wait(part, pid, endpoint)
+        self._wait(part, pid, endpoint, entry.get("rest"))
         log.info("%s: started pid %d at %s", part, pid, endpoint)
 
+    def _modelserver_command(self, entry: dict) -> tuple[list[str], dict[str, str], dict]:
+        grpc_port = _port("MODELSERVER_GRPC_PORT", self.configured.modelserver_grpc_port, entry.get("grpc"))
+        rest_port = _port(
+            "MODELSERVER_REST_PORT",
+            self.configured.modelserver_rest_port,
+            entry.get("rest_port"),
+            {grpc_port},
+        )
+        config = self.configured.model_config_file
+        config.parent.mkdir(parents=True, exist_ok=True)
+        if not config.exists():
+            config.write_text(EMPTY_MODEL_CONFIG)
+        argv, env = modelserver.command(
+            self.configured.model_base_path / self.configured.model_name,
+            self.configured.model_name,
+            grpc_port,
+            rest_port,
+            model_config_file=config,
+            extra_args=MODELSERVER_ARGS,
+        )
+        return argv, env, {"grpc": grpc_port, "rest_port": rest_port, "rest": f"127.0.0.1:{rest_port}"}
+
     def _broker_port(self, previous: int | None) -> int:
-        pinned = self.configured.broker_port
-        if pinned:
-            if not port_is_free(pinned):
-                raise StackError(f"BROKER_PORT {pinned} is taken by another process")
-            return pinned
-        if previous and port_is_free(previous):
-            return previous
-        return free_port()
+        return _port("BROKER_PORT", self.configured.broker_port, previous)
 
     def _with_store(self, endpoint: str) -> Settings:
         return dataclasses.replace(self.configured, minio_endpoint=endpoint)
 
-    def _healthy(self, part: str, endpoint: str) -> bool:
+    def _healthy(self, part: str, endpoint: str, rest: str | None = None) -> bool:
+        """`rest`: the model server's REST endpoint, checked instead of gRPC when known (no protos)."""
+        if part == MODELSERVER:
+            rest = self.configured.tf_serving_rest if endpoint == self.configured.tf_serving_grpc else rest
+            if rest:
+                return modelserver.rest_healthy(rest, self.configured.model_name)
+            return modelserver.grpc_healthy(endpoint, self.configured.model_name)
         if part == OBJECTSTORE:
             return store_healthy(make_client(self._with_store(endpoint), retries=0, timeout_s=2.0))
         return broker_metadata_ok(endpoint)
 
-    def _wait(self, part: str, pid: int, endpoint: str) -> None:
+    def _wait(self, part: str, pid: int, endpoint: str, rest: str | None = None) -> None:
         wait_healthy(
             part,
             pid,
-            lambda: self._healthy(part, endpoint),
+            lambda: self._healthy(part, endpoint, rest),
             self.configured.stack_start_timeout_s,
             self.log_path(part),
         )
@@ -268,6 +315,23 @@ class Stack:
             endpoint = self._endpoint(part, state)
             managed = not self._configured_endpoint(part)
             pid = entry.get("pid") if managed and pid_runs(entry.get("pid"), self._executable(part)) else None
-            healthy = bool(endpoint) and (pid is not None or not managed) and self._healthy(part, endpoint)
+            healthy = (
+                bool(endpoint)
+                and (pid is not None or not managed)
+                and self._healthy(part, endpoint, entry.get("rest"))
+            )
             result.append(PartStatus(part, endpoint, managed, pid, healthy))
         return result
+
+
+def _port(name: str, pinned: int, previous: int | None, taken: set[int] = frozenset()) -> int:
+    """The pinned port, else the previous one while free (stable endpoints), else a free one."""
+    if pinned:
+        if not port_is_free(pinned):
+            raise StackError(f"{name} {pinned} is taken by another process")
+        return pinned
+    if previous and previous not in taken and port_is_free(previous):
+        return previous
+    while (port := free_port()) in taken:
+        pass
+    return port

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from stream.errors import RecstreamError
-from stream.settings import parse_log_level, positive_float, positive_int
+from stream.settings import load_settings, parse_log_level, positive_float, positive_int
 
 T = TypeVar("T")
 
@@ -49,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--minio-endpoint", help="use this S3 endpoint instead of the embedded store")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    up = sub.add_parser("up", help="start the stack (broker, object store) and reuse a running one")
+    up = sub.add_parser("up", help="start the stack and reuse a running one")
     up.add_argument(
-        "--infra", action="store_true", help="start only the infrastructure (broker, object store)"
+        "--infra",
+        action="store_true",
+        help="start only the infrastructure (broker, object store, model server)",
     )
     up.set_defaults(func=cmd_up)
 
@@ -74,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
         "ingest", help="run the ingest worker: transactions -> Parquet in the object store"
     )
     ingest.set_defaults(func=cmd_ingest)
+
+    modelserver = sub.add_parser(
+        "modelserver", help="run the embedded TF-Serving-compatible model server in the foreground"
+    )
+    modelserver.set_defaults(func=cmd_modelserver)
     return parser
 
 
@@ -86,8 +93,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def _settings(args: argparse.Namespace):
-    from stream.settings import load_settings
-
     return load_settings(_overrides(args))
 
 
@@ -183,6 +188,31 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     settings.require("minio_endpoint")
     run(settings)
     return 0
+
+
+def cmd_modelserver(args: argparse.Namespace) -> int:
+    """Serve MODEL_BASE_PATH on the TF_SERVING_GRPC/REST ports (TF Serving's 8500/8501 by default)."""
+    from deploy.modelserver.server import main as serve
+    from deploy.stack import EMPTY_MODEL_CONFIG, MODELSERVER_ARGS
+
+    settings = load_settings(_overrides(args), use_stack_env=False)
+    config = settings.model_config_file
+    config.parent.mkdir(parents=True, exist_ok=True)
+    if not config.exists():
+        config.write_text(EMPTY_MODEL_CONFIG)
+    grpc_port = settings.tf_serving_grpc.rpartition(":")[2] if settings.tf_serving_grpc else "8500"
+    rest_port = settings.tf_serving_rest.rpartition(":")[2] if settings.tf_serving_rest else "8501"
+    return serve(
+        [
+            "--model-config-file",
+            str(config),
+            "--grpc-port",
+            grpc_port,
+            "--rest-port",
+            rest_port,
+            *MODELSERVER_ARGS,
+        ]
+    )
 
 
 def _configure_logging() -> None:

@@ -104,6 +104,14 @@ FIELDS: tuple[Field, ...] = (
     Field("TF_SERVING_GRPC", "tf_serving_grpc", _optional, "", "TF Serving gRPC host:port"),
     Field("TF_SERVING_REST", "tf_serving_rest", _optional, "", "TF Serving REST host:port"),
     Field("MODEL_NAME", "model_name", str, "recommender", "name of the served model"),
+    Field(
+        "MODEL_BASE_PATH",
+        "model_base_path_setting",
+        _optional,
+        "",
+        "folder shared by the updater and the model server: <MODEL_NAME>/<version>/ and models.config"
+        " (default $RECSTREAM_HOME/serving)",
+    ),
     # Buckets.
     Field("DATA_BUCKET", "data_bucket", str, "data", "bucket of ingested transactions"),
     Field("MODELS_BUCKET", "models_bucket", str, "models", "bucket of model versions and the registry"),
@@ -119,6 +127,8 @@ FIELDS: tuple[Field, ...] = (
     # Embedded stack.
     Field("BROKER_PORT", "broker_port", _port, "0", "embedded broker port (0: a free one)"),
     Field("OBJECTSTORE_PORT", "objectstore_port", _port, "0", "embedded S3 port (0: a free one)"),
+    Field("MODELSERVER_GRPC_PORT", "modelserver_grpc_port", _port, "0", "embedded model server gRPC port"),
+    Field("MODELSERVER_REST_PORT", "modelserver_rest_port", _port, "0", "embedded model server REST port"),
     Field("STACK_START_TIMEOUT_S", "stack_start_timeout_s", positive_float, "60", "health-check deadline"),
     # Kafka clients.
     Field(
@@ -138,6 +148,11 @@ FIELDS: tuple[Field, ...] = (
     Field("METRICS_HOST", "metrics_host", str, "127.0.0.1", "address the services' /metrics listen on"),
     Field(
         "INGEST_METRICS_PORT", "ingest_metrics_port", _port, "9401", "ingest worker /metrics port (0: free)"
+    ),
+    Field("SCORER_METRICS_PORT", "scorer_metrics_port", _port, "9402", "scorer /metrics port (0: free)"),
+    Field("UPDATER_METRICS_PORT", "updater_metrics_port", _port, "9403", "updater /metrics port (0: free)"),
+    Field(
+        "SCHEDULER_METRICS_PORT", "scheduler_metrics_port", _port, "9404", "scheduler /metrics port (0: free)"
     ),
     Field("DRIFT_HORIZON_S", "drift_horizon_s", positive_float, "3600", "hit window after a recommendation"),
 )
@@ -159,6 +174,7 @@ class Settings:
     tf_serving_grpc: str | None
     tf_serving_rest: str | None
     model_name: str
+    model_base_path_setting: str | None
     data_bucket: str
     models_bucket: str
     broker_bucket: str
@@ -171,6 +187,8 @@ class Settings:
     topic_partitions: int
     broker_port: int
     objectstore_port: int
+    modelserver_grpc_port: int
+    modelserver_rest_port: int
     stack_start_timeout_s: float
     broker_session_timeout_s: float
     broker_rebalance_timeout_s: float
@@ -183,6 +201,9 @@ class Settings:
     ingest_flush_s: float
     metrics_host: str
     ingest_metrics_port: int
+    scorer_metrics_port: int
+    updater_metrics_port: int
+    scheduler_metrics_port: int
     drift_horizon_s: float
 
     @property
@@ -192,6 +213,15 @@ class Settings:
     @property
     def stack_env_path(self) -> Path:
         return self.home / "stack.env"
+
+    @property
+    def model_base_path(self) -> Path:
+        """The serving root: TF Serving's base path of a model is `<this>/<model name>`."""
+        return Path(self.model_base_path_setting) if self.model_base_path_setting else self.home / "serving"
+
+    @property
+    def model_config_file(self) -> Path:
+        return self.model_base_path / "models.config"
 
     def require(self, attr: str) -> str:
         """The value of an endpoint setting, or a one-line hint to start the stack."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from deploy.modelserver import rest_healthy
 from deploy.processes import StackError, pid_alive
 from deploy.stack import Stack
 from stream.net import split_hostport
@@ -25,9 +26,13 @@ def test_up_reuses_a_running_stack_and_down_leaves_no_process(tmp_path) -> None:
         env = read_env_file(tmp_path / "stack.env")
         assert env["KAFKA_BOOTSTRAP"] == settings.kafka_bootstrap == first["broker"].endpoint
         assert env["MINIO_ENDPOINT"] == settings.minio_endpoint == first["objectstore"].endpoint
-        assert {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_SECURE"} <= set(env)
-        for endpoint in env["KAFKA_BOOTSTRAP"], env["MINIO_ENDPOINT"]:
-            assert split_hostport(endpoint)[0] == "127.0.0.1"
+        assert env["TF_SERVING_GRPC"] == settings.tf_serving_grpc == first["modelserver"].endpoint
+        assert rest_healthy(env["TF_SERVING_REST"], settings.model_name)
+        # The model server starts on an empty config file that the updater will fill.
+        assert settings.model_config_file.read_text().strip() == "model_config_list {}"
+        assert {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_SECURE", "MODEL_BASE_PATH"} <= set(env)
+        for name in "KAFKA_BOOTSTRAP", "MINIO_ENDPOINT", "TF_SERVING_GRPC", "TF_SERVING_REST":
+            assert split_hostport(env[name])[0] == "127.0.0.1"
 
         _stack(tmp_path).up()  # a second `up` from another process's point of view
 
@@ -35,7 +40,7 @@ def test_up_reuses_a_running_stack_and_down_leaves_no_process(tmp_path) -> None:
         assert {n: p.pid for n, p in second.items()} == {n: p.pid for n, p in first.items()}
     finally:
         stopped = stack.down()
-    assert sorted(stopped) == ["broker", "objectstore"]
+    assert sorted(stopped) == ["broker", "modelserver", "objectstore"]
     assert not any(pid_alive(p.pid) for p in first.values())
     assert not (tmp_path / "stack.env").exists()
     assert all(not p.healthy and p.pid is None for p in stack.status())

@@ -1,0 +1,186 @@
+"""Process entry: `python -m deploy.modelserver --model-base-path DIR --model-name NAME ...`.
+
+Flags take TF Serving's spellings too (--port, --rest_api_port, --model_base_path, ...),
+so the same command line drives either server. Like tensorflow_model_server, it loads
+the models found on disk before it listens, and a latest version that fails to load
+stops the start (exit status 1). SIGTERM/SIGINT stop it cleanly (exit status 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+log = logging.getLogger("deploy.modelserver")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.modelserver", description="TF-Serving-compatible model server"
+    )
+    add = parser.add_argument
+    add("--model-name", "--model_name", default="default", help="model name (without --model-config-file)")
+    add("--model-base-path", "--model_base_path", help="directory of integer version directories")
+    add("--model-config-file", "--model_config_file", help="ModelServerConfig in protobuf text format")
+    add("--grpc-port", "--port", type=int, default=8500, help="gRPC port (default 8500)")
+    add("--rest-port", "--rest_api_port", type=int, default=8501, help="REST port (default 8501, 0: none)")
+    add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    add(
+        "--file-system-poll-wait-seconds",
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="seconds between scans of the base paths; 0 scans only at start and on reload",
+    )
+    add(
+        "--model-config-file-poll-wait-seconds",
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=0.0,
+        help="re-read and apply --model-config-file this often (0: never), as TF Serving does",
+    )
+    add("--max-num-load-retries", "--max_num_load_retries", type=int, default=5)
+    add("--load-retry-interval-micros", "--load_retry_interval_micros", type=int, default=60_000_000)
+    add(
+        "--enable-model-warmup",
+        "--enable_model_warmup",
+        type=_bool,
+        default=True,
+        help="replay assets.extra/tf_serving_warmup_requests before AVAILABLE (default true)",
+    )
+    add(
+        "--allow-version-labels-for-unavailable-models",
+        "--allow_version_labels_for_unavailable_models",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+    )
+    add("--grpc-workers", type=int, default=16, help="threads answering gRPC requests")
+    add("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    if not args.model_config_file and not args.model_base_path:
+        parser.error("--model-base-path (or --model-config-file) is required")
+    return args
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if text.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text}")
+
+
+def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
+    """Load, listen, and block until `stop` is set (or a signal sets it); returns the exit status."""
+    from deploy.modelserver import config as cfg
+    from deploy.modelserver.errors import ServingError
+    from deploy.modelserver.grpc_api import make_server
+    from deploy.modelserver.rest_api import RestServer
+
+    stop = stop or threading.Event()
+    registry = _registry(args, stop)
+    try:
+        models = (
+            cfg.read_config_file(args.model_config_file)
+            if args.model_config_file
+            else cfg.single_model(args.model_name, args.model_base_path)
+        )
+        registry.start(models)
+        if stop.is_set():
+            log.info("stopped during the initial load")
+            registry.stop()
+            return 0
+        grpc_server = make_server(registry, args.host, args.grpc_port, args.grpc_workers)
+        rest = RestServer(registry, args.host, args.rest_port) if args.rest_port else None
+    except (ServingError, OSError) as exc:
+        log.error("model server cannot start: %s", exc)
+        registry.stop()
+        return 1
+    if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
+        threading.Thread(
+            target=_poll_config_file,
+            args=(registry, args.model_config_file, args.model_config_file_poll_wait_seconds, stop),
+            name="config-file",
+            daemon=True,
+        ).start()
+    grpc_server.start()
+    log.info("Running gRPC ModelServer at %s:%d", args.host, args.grpc_port)
+    if rest:
+        rest.start()
+        log.info("Exporting HTTP/REST API at %s:%d", args.host, args.rest_port)
+    stop.wait()
+    log.info("stopping: gRPC (grace 5s), REST, model manager")
+    grpc_server.stop(grace=5).wait()
+    if rest:
+        rest.stop()
+    registry.stop()
+    log.info("stopped")
+    return 0
+
+
+def _registry(args: argparse.Namespace, stop: threading.Event):
+    """The version manager, loading with TensorFlow (and warmup) and logging every state change."""
+    from deploy.modelserver.registry import Options, Registry, State, Status
+    from deploy.modelserver.servable import Servable
+    from deploy.modelserver.warmup import run_warmup
+
+    def load(name: str, version: int, path: str) -> Servable:
+        servable = Servable(name, version, path)
+        if args.enable_model_warmup:
+            run_warmup(servable)
+        return servable
+
+    def log_state(name: str, version: int, state: State, status: Status) -> None:
+        if status.code.name == "OK":
+            log.info("model %s version %d: %s", name, version, state.name)
+        else:
+            error = f"{status.code.name}: {status.message}"
+            log.error("model %s version %d: %s (%s)", name, version, state.name, error)
+
+    registry = Registry(
+        load,
+        Options(
+            poll_wait_s=args.file_system_poll_wait_seconds,
+            max_load_retries=max(args.max_num_load_retries, 0),
+            load_retry_interval_s=max(args.load_retry_interval_micros, 0) / 1e6,
+            allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
+        ),
+        stop=stop,
+    )
+    registry.add_listener(log_state)
+    return registry
+
+
+def _poll_config_file(registry, path: str, interval: float, stop: threading.Event) -> None:
+    """Apply the config file every `interval`, changed or not: like TF Serving, a poll
+    replaces whatever config was pushed over gRPC since, so the file must be written first."""
+    from deploy.modelserver import config as cfg
+    from deploy.modelserver.errors import ServingError
+
+    while not stop.wait(interval):
+        try:
+            registry.reload(cfg.read_config_file(path))
+        except ServingError as exc:
+            log.error("config file %s not applied: %s", path, exc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return serve(args, stop)
