@@ -27,6 +27,7 @@ from stream.settings import Settings
 from stream.storage import make_client
 
 log = logging.getLogger(__name__)
+DLQ_SCAN_IDLE_POLLS = 60
 
 EVENTS = Counter("recstream_ingest_events_total", "Records consumed from transactions", ["result"])
 ROWS = Counter("recstream_ingest_rows_written_total", "Rows written to Parquet objects")
@@ -159,7 +160,8 @@ class IngestWorker:
             log.info("partition %d: rewriting uncommitted batch %d-%d", partition, batch.first, batch.last)
         marker = await asyncio.to_thread(self.lander.land, batch)
         if batch.dead and not (redelivered and previous.dead_lettered):
-            await self._dead_letter(batch)
+            # A redelivered batch may have had its dead letters sent just before the crash.
+            await self._dead_letter(batch, skip=await self._sent_before(batch) if redelivered else set())
             await asyncio.to_thread(
                 self.lander.write_marker, partition, dataclasses.replace(marker, dead_lettered=True)
             )
@@ -179,10 +181,56 @@ class IngestWorker:
             len(batch.dead),
         )
 
-    async def _dead_letter(self, batch: Batch) -> None:
+    def _dlq_partition(self, partition: int) -> int:
+        return partition % self.settings.topic_partitions
+
+    async def _sent_before(self, batch: Batch) -> set[int]:
+        """Offsets of this batch's dead letters already in the DLQ (read from its partition's start).
+
+        Only a batch redelivered after a crash between sending its dead letters and marking them
+        sent needs this, and the DLQ holds only invalid records, so the scan stays short.
+        """
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        wanted = {
+            f"{self.settings.transactions_topic}/{batch.partition}/{d.offset}".encode() for d in batch.dead
+        }
+        tp = TopicPartition(self.settings.dlq_topic, self._dlq_partition(batch.partition))
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.require("kafka_bootstrap"), enable_auto_commit=False
+        )
+        await consumer.start()
+        found: set[int] = set()
+        try:
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            # Tansu's ListOffsets can lag behind; the high watermark of each fetch corrects it.
+            end = (await consumer.end_offsets([tp]))[tp]
+            idle = 0
+            while idle < DLQ_SCAN_IDLE_POLLS:
+                records = (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
+                idle = 0 if records else idle + 1
+                for record in records:
+                    source = dict(record.headers).get("source")
+                    if source in wanted:
+                        found.add(int(source.rsplit(b"/", 1)[1]))
+                end = max(end, consumer.highwater(tp) or 0)
+                if not records and await consumer.position(tp) >= end:
+                    break
+            else:
+                raise RuntimeError(f"the DLQ partition {tp.partition} could not be read to its end")
+        finally:
+            await consumer.stop()
+        if found:
+            log.info("partition %d: %d dead letters were already sent", batch.partition, len(found))
+        return found
+
+    async def _dead_letter(self, batch: Batch, skip: set[int]) -> None:
         topic = self.settings.transactions_topic
         pending = []
         for letter in batch.dead:
+            if letter.offset in skip:
+                continue
             headers = [
                 ("error", letter.reason.encode()),
                 ("source", f"{topic}/{batch.partition}/{letter.offset}".encode()),
@@ -191,7 +239,7 @@ class IngestWorker:
                 await self.dlq.send(
                     key=letter.key,
                     value=letter.value,
-                    partition=batch.partition % self.settings.topic_partitions,
+                    partition=self._dlq_partition(batch.partition),
                     headers=headers,
                 )
             )

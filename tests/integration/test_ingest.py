@@ -198,25 +198,42 @@ def test_exactly_once_across_kill_9_with_malformed_records(
 def test_uncommitted_flush_is_rewritten_with_the_same_boundaries(
     ingest_settings: Settings, workers, tmp_path
 ) -> None:
-    """A marker left by a worker that died mid-flush makes the next owner end its batch at the same offset."""
+    """A marker left by a worker that died mid-flush makes the next owner end its batch at the same
+    offset, and dead letters it had already sent are not sent again."""
     from ingest.batches import event_date, object_name, parse_object_name
     from ingest.landing import Backoff, Lander, Marker
 
     s = ingest_settings
-    events = [Transaction(f"m-{i}", "same-user", f"i{i % 50}", 1, T0 + i) for i in range(3000)]
+    bad = {100, 700, 1200, 2000}  # offsets of malformed records (all on one partition)
     with EventProducer(s) as producer:
-        for event in events:
-            producer.send_transaction(event)
+        for i in range(3000):
+            value = (
+                b"{not json" if i in bad else Transaction(f"m-{i}", "same-user", "i1", 1, T0 + i).to_json()
+            )
+            producer.send(s.transactions_topic, value, key="same-user")
         producer.flush()
     partition = read_all(s.kafka_bootstrap, s.transactions_topic, 1)[0].partition
     crashed = object_name(event_date(T0), partition, 0, 1499)
     Lander(make_client(s), s.data_bucket, s.transactions_topic, Backoff()).write_marker(
         partition, Marker(0, 1499, [crashed])
     )
+    # The dead worker had sent two of the batch's three dead letters before it died.
+    with EventProducer(s) as producer:
+        for offset in (100, 700):
+            producer.send(
+                s.dlq_topic,
+                b"{not json",
+                key="same-user",
+                headers={
+                    "error": b"value: not JSON",
+                    "source": f"{s.transactions_topic}/{partition}/{offset}".encode(),
+                },
+            )
+        producer.flush()
 
     worker = Worker(s, tmp_path / "worker.log")
     workers.append(worker)
-    wait_for(lambda: len(stored_rows(s)) >= 3000, 120, worker, "all rows")
+    wait_for(lambda: len(stored_rows(s)) >= 3000 - len(bad), 120, worker, "all rows")
     time.sleep(3)
 
     names = sorted(
@@ -226,8 +243,14 @@ def test_uncommitted_flush_is_rewritten_with_the_same_boundaries(
     assert crashed in names
     assert ranges[0] == (0, 1499), ranges  # not 0-999, which the size limit alone would give
     assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(ranges)), ranges
-    assert len(stored_rows(s)) == 3000
-    assert "rewriting uncommitted batch 0-1499" in worker.log.read_text()
+    assert len(stored_rows(s)) == 3000 - len(bad)
+    log = worker.log.read_text()
+    assert "rewriting uncommitted batch 0-1499" in log
+    assert "2 dead letters were already sent" in log
+    sources = [
+        dict(r.headers)["source"].decode() for r in read_all(s.kafka_bootstrap, s.dlq_topic, 5, timeout_s=10)
+    ]
+    assert sorted(sources) == sorted(f"{s.transactions_topic}/{partition}/{o}" for o in bad)
 
 
 @pytest.fixture
