@@ -1,0 +1,178 @@
+"""`recstream scheduler`: the unattended retrain loop (APScheduler) with the drift trigger.
+
+One APScheduler job does every retrain, so "one run at a time" holds whatever started it:
+the interval trigger fires every RETRAIN_INTERVAL_S (coalescing missed runs into one, with
+a misfire grace), and a drift alert moves the job's next run to now, at most once per
+RETRAIN_COOLDOWN_S. A failing run is logged and counted; the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client import Counter, Gauge
+
+from stream.alerts import DriftAlert, parse_drift_alert
+from stream.schemas import InvalidMessage
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "retrain"
+RUNS = Counter(
+    "recstream_scheduler_runs_total", "Retrain runs by trigger and outcome", ["trigger", "outcome"]
+)
+ALERTS = Counter("recstream_scheduler_drift_alerts_total", "Drift alerts consumed", ["kind", "action"])
+LAST_RUN = Gauge("recstream_scheduler_last_run_timestamp_seconds", "End of the last retrain run")
+
+
+class RetrainScheduler:
+    """Owns the APScheduler instance; `retrain()` is the job (a full retrain in production)."""
+
+    def __init__(
+        self,
+        retrain: Callable[[], Any],
+        interval_s: float,
+        cooldown_s: float,
+        *,
+        misfire_grace_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.retrain = retrain
+        self.interval_s = interval_s
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self.last_drift_run: float | None = None
+        self.trigger = "interval"  # what started the run in progress (for metrics and logs)
+        self.runs = 0
+        self._lock = threading.Lock()
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+        self.scheduler.add_job(
+            self._run,
+            IntervalTrigger(seconds=interval_s, timezone=UTC),
+            id=JOB_ID,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=int(
+                misfire_grace_s if misfire_grace_s is not None else max(1, interval_s / 2)
+            ),
+        )
+        self.scheduler.add_listener(
+            self._on_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MAX_INSTANCES
+        )
+
+    def start(self) -> None:
+        self.scheduler.start()
+        log.info("retrain every %gs; drift retrains at most every %gs", self.interval_s, self.cooldown_s)
+
+    def shutdown(self) -> None:
+        self.scheduler.shutdown(wait=True)
+
+    def _run(self) -> Any:
+        log.info("retrain started (%s)", self.trigger)
+        return self.retrain()
+
+    def _on_event(self, event: JobExecutionEvent) -> None:
+        with self._lock:
+            trigger, self.trigger = self.trigger, "interval"
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            log.info("retrain already running; this trigger is skipped")
+            return
+        self.runs += 1
+        LAST_RUN.set_to_current_time()
+        if event.exception is not None:
+            RUNS.labels(trigger, "failed").inc()
+            log.error("retrain failed (%s); the loop goes on", trigger, exc_info=event.exception)
+        else:
+            RUNS.labels(trigger, "done").inc()
+            log.info("retrain done (%s): %s", trigger, event.retval)
+
+    def on_alert(self, alert: DriftAlert) -> bool:
+        """Retrain now unless a drift retrain started less than the cooldown ago; True if triggered."""
+        now = self.clock()
+        if self.last_drift_run is not None and now - self.last_drift_run < self.cooldown_s:
+            ALERTS.labels(alert.kind, "cooldown").inc()
+            log.info(
+                "%s drift alert (%s=%.4g) within the %gs cooldown: no retrain",
+                alert.kind,
+                alert.statistic,
+                alert.value,
+                self.cooldown_s,
+            )
+            return False
+        self.last_drift_run = now
+        ALERTS.labels(alert.kind, "retrain").inc()
+        log.info(
+            "%s drift alert (%s=%.4g > %.4g): retrain now",
+            alert.kind,
+            alert.statistic,
+            alert.value,
+            alert.threshold,
+        )
+        with self._lock:
+            self.trigger = "drift"
+        # Moving the one job's next run keeps "one run at a time": if a run is in progress,
+        # APScheduler skips this one (max_instances=1) and the fresh run just finishing serves.
+        self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC) + timedelta(milliseconds=10))
+        return True
+
+
+def consume_alerts(settings: Settings, scheduler: RetrainScheduler, stop: threading.Event) -> None:
+    """Feed `drift-alerts` to the scheduler until `stop` is set (group `recstream-scheduler`)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        settings.drift_alerts_topic,
+        bootstrap_servers=settings.require("kafka_bootstrap"),
+        group_id="recstream-scheduler",
+        enable_auto_commit=False,
+        auto_offset_reset="latest",  # a fresh scheduler acts on new alerts, not on history
+        session_timeout_ms=int(settings.broker_session_timeout_s * 1000),
+        heartbeat_interval_ms=int(settings.broker_heartbeat_s * 1000),
+        max_poll_interval_ms=300_000,
+    )
+    try:
+        while not stop.is_set():
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    try:
+                        alert = parse_drift_alert(record.value)
+                    except InvalidMessage as exc:
+                        ALERTS.labels("invalid", "ignored").inc()
+                        log.warning(
+                            "ignoring invalid drift alert at offset %d: %s", record.offset, exc.reason
+                        )
+                        continue
+                    scheduler.on_alert(alert)
+                consumer.commit()
+    finally:
+        consumer.close()
+
+
+def run(settings: Settings) -> None:
+    """Run the loop in the foreground until SIGINT/SIGTERM."""
+    import signal
+
+    from retrain.job import retrain_once
+    from stream.metrics import serve_metrics
+
+    serve_metrics(settings.metrics_host, settings.scheduler_metrics_port)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    scheduler = RetrainScheduler(
+        lambda: retrain_once(settings), settings.retrain_interval_s, settings.retrain_cooldown_s
+    )
+    scheduler.start()
+    try:
+        consume_alerts(settings, scheduler, stop)
+    finally:
+        scheduler.shutdown()

@@ -1,0 +1,107 @@
+"""The retrain loop's rules with a stand-in retrain: interval, drift trigger, cooldown, one run at a time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from retrain.scheduler import RetrainScheduler
+from stream.alerts import DriftAlert
+
+ALERT = DriftAlert("concept", "page_hinkley", 3.0, 1.0, model_version=1)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def make_scheduler():
+    made: list[RetrainScheduler] = []
+
+    def make(retrain: Callable[[], object], interval_s: float = 3600, **kwargs) -> RetrainScheduler:
+        scheduler = RetrainScheduler(retrain, interval_s, cooldown_s=60, **kwargs)
+        scheduler.start()
+        made.append(scheduler)
+        return scheduler
+
+    yield make
+    for scheduler in made:
+        scheduler.shutdown()
+
+
+def test_runs_on_its_interval(make_scheduler) -> None:
+    calls: list[float] = []
+    scheduler = make_scheduler(lambda: calls.append(time.monotonic()), interval_s=0.3)
+    assert wait_for(lambda: len(calls) >= 3)
+    assert scheduler.runs >= 3
+
+
+def test_drift_alert_retrains_now_and_the_cooldown_holds_the_next(make_scheduler) -> None:
+    clock = Clock()
+    calls: list[float] = []
+    scheduler = make_scheduler(lambda: calls.append(1), clock=clock)
+    assert scheduler.on_alert(ALERT)
+    assert wait_for(lambda: len(calls) == 1)
+    clock.now += 30  # within the 60 s cooldown
+    assert not scheduler.on_alert(ALERT)
+    time.sleep(0.3)
+    assert len(calls) == 1
+    clock.now += 31  # past it
+    assert scheduler.on_alert(ALERT)
+    assert wait_for(lambda: len(calls) == 2)
+
+
+def test_a_failing_run_is_logged_and_the_loop_goes_on(make_scheduler, caplog) -> None:
+    attempts: list[int] = []
+
+    def failing() -> None:
+        attempts.append(1)
+        raise RuntimeError("object store down")
+
+    scheduler = make_scheduler(failing, interval_s=0.2)
+    assert wait_for(lambda: len(attempts) >= 3)
+    assert wait_for(lambda: scheduler.runs >= 3)
+    assert "retrain failed" in caplog.text and "object store down" in caplog.text
+
+
+def test_one_run_at_a_time_whatever_triggers_it(make_scheduler) -> None:
+    release = threading.Event()
+    running, peak, calls = [0], [0], []
+    lock = threading.Lock()
+
+    def slow() -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            calls.append(1)
+        release.wait(5)
+        with lock:
+            running[0] -= 1
+
+    clock = Clock()
+    scheduler = make_scheduler(slow, interval_s=0.1, clock=clock)
+    assert wait_for(lambda: running[0] == 1)
+    clock.now += 100
+    scheduler.on_alert(ALERT)  # while a run is in progress
+    time.sleep(0.5)  # several interval firings too
+    assert len(calls) == 1 and peak[0] == 1
+    release.set()
+    assert wait_for(lambda: len(calls) >= 2)
+    assert peak[0] == 1
