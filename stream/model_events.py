@@ -1,0 +1,88 @@
+"""The `model-updates` contract: one event per step of a model version's life.
+
+The same events are the model registry's records (retrain/registry.py), so the topic and
+the registry can never disagree about what an event means.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream.schemas import InvalidMessage
+
+PUBLISHED, ACTIVATED, REJECTED, ROLLED_BACK = "published", "activated", "rejected", "rolled_back"
+EVENTS = (PUBLISHED, ACTIVATED, REJECTED, ROLLED_BACK)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEvent:
+    """`rolled_back` names the version taken out of service; `to` says which one serves instead.
+
+    A `rejected` candidate that never got a version number (the gate refused it before
+    export) has version 0.
+    """
+
+    event: str
+    model: str
+    version: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    to: int | None = None
+    ts: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "event": self.event,
+            "model": self.model,
+            "version": self.version,
+            "metrics": self.metrics,
+            "ts": self.ts,
+        }
+        if self.reason is not None:
+            body["reason"] = self.reason
+        if self.to is not None:
+            body["to"] = self.to
+        return body
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+
+
+def parse_model_event(value: bytes | None) -> ModelEvent:
+    """Validate a `model-updates` record; InvalidMessage names the field at fault."""
+    try:
+        obj = json.loads(value or b"")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidMessage("value: not a JSON object") from None
+    if not isinstance(obj, dict):
+        raise InvalidMessage("value: not a JSON object")
+    event = obj.get("event")
+    if event not in EVENTS:
+        raise InvalidMessage(f"event: expected one of {', '.join(EVENTS)}")
+    model = obj.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidMessage("model: expected a non-empty string")
+    version = _int(obj.get("version"), "version")
+    to = obj.get("to")
+    metrics = obj.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise InvalidMessage("metrics: expected an object")
+    reason = obj.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise InvalidMessage("reason: expected a string")
+    ts = obj.get("ts")
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+        raise InvalidMessage("ts: expected epoch seconds")
+    return ModelEvent(
+        event, model, version, metrics, reason, None if to is None else _int(to, "to"), float(ts)
+    )
+
+
+def _int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidMessage(f"{name}: expected a non-negative integer")
+    return value

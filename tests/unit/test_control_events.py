@@ -1,0 +1,62 @@
+"""The `model-updates` and `drift-alerts` contracts: round trips and one reason per bad field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stream.alerts import DriftAlert, parse_drift_alert
+from stream.model_events import ModelEvent, parse_model_event
+from stream.schemas import InvalidMessage
+
+
+def test_model_event_round_trip() -> None:
+    event = ModelEvent("rolled_back", "recommender", 3, {"hr@10": 0.25}, reason="operator", to=2, ts=5.0)
+    assert parse_model_event(event.to_json()) == event
+    assert json.loads(event.to_json()) == {
+        "event": "rolled_back",
+        "model": "recommender",
+        "version": 3,
+        "metrics": {"hr@10": 0.25},
+        "reason": "operator",
+        "to": 2,
+        "ts": 5.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b"not json", "value"),
+        (b"[]", "value"),
+        (b'{"event": "promoted", "model": "m", "version": 1, "ts": 1}', "event"),
+        (b'{"event": "published", "model": "", "version": 1, "ts": 1}', "model"),
+        (b'{"event": "published", "model": "m", "version": -1, "ts": 1}', "version"),
+        (b'{"event": "published", "model": "m", "version": true, "ts": 1}', "version"),
+        (b'{"event": "published", "model": "m", "version": 1, "ts": "now"}', "ts"),
+        (b'{"event": "published", "model": "m", "version": 1, "ts": 1, "metrics": []}', "metrics"),
+        (b'{"event": "rejected", "model": "m", "version": 1, "ts": 1, "reason": 3}', "reason"),
+    ],
+)
+def test_model_event_rejects_with_the_field(body: bytes, field: str) -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        parse_model_event(body)
+    assert caught.value.reason.startswith(f"{field}:")
+
+
+VALID_ALERT = {"kind": "concept", "statistic": "ph", "value": 1, "threshold": 1, "ts": 1, "model_version": 1}
+
+
+def test_drift_alert_round_trip_and_rejections() -> None:
+    alert = DriftAlert("data", "psi_items", 0.31, 0.2, 4, {"events": 5000}, ts=7.0)
+    assert parse_drift_alert(alert.to_json()) == alert
+    for body, field in [
+        (b'{"kind": "mood"}', "kind"),
+        (b'{"kind": "concept", "statistic": 1}', "statistic"),
+        (b'{"kind": "concept", "statistic": "ph", "value": "x", "threshold": 1, "ts": 1}', "value"),
+        (json.dumps({**VALID_ALERT, "model_version": -1}).encode(), "model_version"),
+    ]:
+        with pytest.raises(InvalidMessage) as caught:
+            parse_drift_alert(body)
+        assert caught.value.reason.startswith(f"{field}:"), body
