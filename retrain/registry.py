@@ -49,8 +49,6 @@ class RegistryState:
 
     def apply(self, event: ModelEvent) -> None:
         self.events.append(event)
-        if event.version == 0:  # a candidate refused before it got a version
-            return
         if event.event == PUBLISHED:
             self.status[event.version] = PUBLISHED
             self.metrics[event.version] = event.metrics
@@ -70,7 +68,7 @@ class RegistryState:
 
     def published(self) -> list[int]:
         """Versions that completed export (whatever happened to them afterwards)."""
-        return sorted({e.version for e in self.events if e.event == PUBLISHED and e.version})
+        return sorted({e.version for e in self.events if e.event == PUBLISHED})
 
     def to_dict(self) -> dict[str, Any]:
         return {

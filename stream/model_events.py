@@ -22,8 +22,8 @@ EVENTS = (PUBLISHED, ACTIVATED, REJECTED, ROLLED_BACK)
 class ModelEvent:
     """`rolled_back` names the version taken out of service; `to` says which one serves instead.
 
-    A `rejected` candidate that never got a version number (the gate refused it before
-    export) has version 0.
+    A candidate the gate refuses still gets a version number (never exported, never reused),
+    so every `rejected` event names a distinct version.
     """
 
     event: str
