@@ -56,6 +56,8 @@ class RegistryState:
             self.status[event.version] = REJECTED
         elif event.event == ACTIVATED:
             if self.active is not None and self.active != event.version:
+                if self.previous is not None and self.previous != event.version:
+                    self.status[self.previous] = "retired"
                 self.previous = self.active
                 self.status[self.active] = "previous"
             self.active = event.version
@@ -86,6 +88,7 @@ class RegistryState:
 class ModelRegistry:
     def __init__(self, client: Minio, bucket: str, model: str) -> None:
         self.client, self.bucket, self.model = client, bucket, model
+        self._events: dict[str, ModelEvent | None] = {}  # event objects are never rewritten: read once
 
     # -- events ------------------------------------------------------------------------------
     def record(self, event: ModelEvent) -> None:
@@ -118,10 +121,14 @@ class ModelRegistry:
             for o in self.client.list_objects(self.bucket, f"{self.model}/_events/", recursive=True)
         )
         for name in names:
-            try:
-                state.apply(parse_model_event(self._get(name)))
-            except InvalidMessage as exc:
-                log.warning("registry: ignoring unreadable event %s (%s)", name, exc.reason)
+            if name not in self._events:
+                try:
+                    self._events[name] = parse_model_event(self._get(name))
+                except InvalidMessage as exc:
+                    log.warning("registry: ignoring unreadable event %s (%s)", name, exc.reason)
+                    self._events[name] = None
+            if (event := self._events[name]) is not None:
+                state.apply(event)
         return state
 
     # -- versions ----------------------------------------------------------------------------

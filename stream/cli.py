@@ -77,6 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(func=cmd_ingest)
 
+    retrain = sub.add_parser("retrain", help="one retrain now: train, gate, export, publish")
+    retrain.set_defaults(func=cmd_retrain)
+
+    scheduler = sub.add_parser(
+        "scheduler", help="run the retrain loop: every RETRAIN_INTERVAL_S and on drift alerts"
+    )
+    scheduler.set_defaults(func=cmd_scheduler)
+
+    updater = sub.add_parser(
+        "updater", help="run the model updater: validate, stage and activate published versions"
+    )
+    updater.set_defaults(func=cmd_updater)
+
+    rollback = sub.add_parser("rollback", help="serve the previous (or given) version at once")
+    rollback.add_argument("--to", type=_arg(positive_int), metavar="VERSION", help="the version to serve")
+    rollback.set_defaults(func=cmd_rollback)
+
     modelserver = sub.add_parser(
         "modelserver", help="run the embedded TF-Serving-compatible model server in the foreground"
     )
@@ -187,6 +204,75 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     settings.require("kafka_bootstrap")
     settings.require("minio_endpoint")
     run(settings)
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from retrain.job import retrain_once
+
+    settings = _settings(args)
+    settings.require("kafka_bootstrap")
+    settings.require("minio_endpoint")
+    console = Console(stderr=True)
+
+    def progress(epoch: int, epochs: int, logs: dict[str, float]) -> None:
+        figures = "  ".join(f"{name} {value:.4f}" for name, value in logs.items())
+        console.print(f"epoch {epoch}/{epochs}  {figures}", highlight=False)
+
+    outcome = retrain_once(settings, progress=progress)
+    table = Table(title=f"{settings.model_name} version {outcome.version}: {outcome.event}")
+    for column in ("model", "HR@10", "NDCG@10", "coverage@10", "users"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, metrics in outcome.metrics.items():
+        table.add_row(
+            name,
+            f"{metrics['hr']:.4f}",
+            f"{metrics['ndcg']:.4f}",
+            f"{metrics['coverage']:.3f}",
+            f"{metrics['users']:,}",
+        )
+    Console().print(table)
+    timing = ", ".join(f"{step} {seconds:.1f}s" for step, seconds in outcome.seconds.items())
+    print(
+        f"{outcome.event} version {outcome.version} ({timing})"
+        + (f": {outcome.reason}" if outcome.reason else "")
+    )
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from retrain.scheduler import run
+
+    settings = _settings(args)
+    settings.require("kafka_bootstrap")
+    settings.require("minio_endpoint")
+    logging.getLogger().setLevel(settings.log_level)
+    run(settings)
+    return 0
+
+
+def cmd_updater(args: argparse.Namespace) -> int:
+    from updater.service import run
+
+    settings = _settings(args)
+    for endpoint in ("kafka_bootstrap", "minio_endpoint", "tf_serving_grpc"):
+        settings.require(endpoint)
+    logging.getLogger().setLevel(settings.log_level)
+    run(settings)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from updater.rollback import rollback
+
+    settings = _settings(args)
+    for endpoint in ("kafka_bootstrap", "minio_endpoint", "tf_serving_grpc"):
+        settings.require(endpoint)
+    event = rollback(settings, to=args.to)
+    print(f"rolled back {event.model}: version {event.version} -> {event.to}")
     return 0
 
 

@@ -68,6 +68,8 @@ def parse_model_event(value: bytes | None) -> ModelEvent:
         raise InvalidMessage("model: expected a non-empty string")
     version = _int(obj.get("version"), "version")
     to = obj.get("to")
+    if (to is None) == (event == ROLLED_BACK):
+        raise InvalidMessage("to: required on rolled_back events, and only there")
     metrics = obj.get("metrics", {})
     if not isinstance(metrics, dict):
         raise InvalidMessage("metrics: expected an object")

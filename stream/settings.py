@@ -62,6 +62,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = _number(text, float)
+    if not (value >= 0 and value < float("inf")):
+        raise ValueError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     value = _number(text, int)
     if not 0 <= value <= 65535:
@@ -105,6 +112,14 @@ FIELDS: tuple[Field, ...] = (
     Field("TF_SERVING_REST", "tf_serving_rest", _optional, "", "TF Serving REST host:port"),
     Field("MODEL_NAME", "model_name", str, "recommender", "name of the served model"),
     Field(
+        "TF_SERVING_TARGETS",
+        "tf_serving_targets",
+        _optional,
+        "",
+        "comma-separated gRPC endpoints of every TF Serving replica the updater updates"
+        " (default: TF_SERVING_GRPC)",
+    ),
+    Field(
         "MODEL_BASE_PATH",
         "model_base_path_setting",
         _optional,
@@ -143,6 +158,48 @@ FIELDS: tuple[Field, ...] = (
     # Operational knobs of the stages.
     Field("RETRAIN_INTERVAL_S", "retrain_interval_s", positive_float, "1800", "scheduled retrain period"),
     Field("RETRAIN_COOLDOWN_S", "retrain_cooldown_s", positive_float, "300", "minimum gap of drift retrains"),
+    Field(
+        "RETRAIN_WINDOW_S",
+        "retrain_window_s",
+        _non_negative_float,
+        "0",
+        "train on the events of the last this many seconds (0: all landed data)",
+    ),
+    Field(
+        "RETRAIN_MIN_USERS",
+        "retrain_min_users",
+        positive_int,
+        "50",
+        "fewest held-out users a retrain needs to train and judge a model",
+    ),
+    Field(
+        "GATE_TOLERANCE",
+        "gate_tolerance",
+        _non_negative_float,
+        "0.01",
+        "HR@10 a candidate may lose against the active model and still be published",
+    ),
+    Field(
+        "UPDATER_LOAD_TIMEOUT_S",
+        "updater_load_timeout_s",
+        positive_float,
+        "120",
+        "how long a model server may take to report a version AVAILABLE",
+    ),
+    Field(
+        "UPDATER_VALIDATE_TIMEOUT_S",
+        "updater_validate_timeout_s",
+        positive_float,
+        "180",
+        "how long validating a downloaded version may take",
+    ),
+    Field(
+        "UPDATER_RECONCILE_S",
+        "updater_reconcile_s",
+        positive_float,
+        "60",
+        "how often the updater checks that the model servers serve the registry's versions",
+    ),
     Field("INGEST_FLUSH_EVENTS", "ingest_flush_events", positive_int, "5000", "events per Parquet object"),
     Field("INGEST_FLUSH_S", "ingest_flush_s", positive_float, "10", "max age of a buffered batch"),
     Field("METRICS_HOST", "metrics_host", str, "127.0.0.1", "address the services' /metrics listen on"),
@@ -174,6 +231,7 @@ class Settings:
     tf_serving_grpc: str | None
     tf_serving_rest: str | None
     model_name: str
+    tf_serving_targets: str | None
     model_base_path_setting: str | None
     data_bucket: str
     models_bucket: str
@@ -197,6 +255,12 @@ class Settings:
     producer_timeout_s: float
     retrain_interval_s: float
     retrain_cooldown_s: float
+    retrain_window_s: float
+    retrain_min_users: int
+    gate_tolerance: float
+    updater_load_timeout_s: float
+    updater_validate_timeout_s: float
+    updater_reconcile_s: float
     ingest_flush_events: int
     ingest_flush_s: float
     metrics_host: str

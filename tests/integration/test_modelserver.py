@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
+from saved_models import build_model, recommend_request
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -36,7 +37,6 @@ from tensorflow_serving.apis import (
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
-    prediction_log_pb2,
     prediction_service_pb2_grpc,
 )
 from tensorflow_serving.config import model_server_config_pb2
@@ -51,56 +51,7 @@ WAIT_S = 30.0
 STATE_LINE = re.compile(r"model (\S+) version (\d+): ([A-Z]+)")
 
 
-# -- SavedModels -------------------------------------------------------------------------------
-def recommend_request(users: list[str], k: Any, model: str = "rec") -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.inputs["user_id"].CopyFrom(tf.make_tensor_proto(users, dtype=tf.string))
-    request.inputs["k"].CopyFrom(tf.make_tensor_proto(k))
-    return request
-
-
-def build_model(path: Path, version: int, warmup: predict_pb2.PredictRequest) -> None:
-    class Recommender(tf.Module):
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec([None], tf.string, name="user_id"),
-                tf.TensorSpec([], tf.int32, name="k"),
-            ]
-        )
-        def recommend(self, user_id: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
-            n = tf.shape(user_id)[0]
-            rank = tf.range(k)
-            items = tf.strings.join(
-                [
-                    tf.tile(user_id[:, None], [1, k]),
-                    f"-v{version}-",
-                    tf.tile(tf.strings.as_string(rank)[None, :], [n, 1]),
-                ]
-            )
-            scores = tf.tile((version + 0.1 * tf.cast(rank, tf.float32))[None, :], [n, 1])
-            return {"items": items, "scores": scores, "model_version": tf.constant(version, tf.int64)}
-
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec([None], tf.string, name="users"),
-                tf.TensorSpec([None], tf.string, name="products"),
-            ]
-        )
-        def score(self, users: tf.Tensor, products: tf.Tensor) -> dict[str, tf.Tensor]:
-            lengths = tf.strings.length(users) + tf.strings.length(products)
-            return {"scores": tf.cast(lengths, tf.float32) * version}
-
-    module = Recommender()
-    tf.saved_model.save(
-        module, str(path), signatures={"serving_default": module.recommend, "score": module.score}
-    )
-    (path / "assets.extra").mkdir()
-    record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=warmup))
-    with tf.io.TFRecordWriter(str(path / "assets.extra" / "tf_serving_warmup_requests")) as writer:
-        writer.write(record.SerializeToString())
-
-
+# -- SavedModels ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[Any, Path]:
     """Versions 1-3 with a good warmup request, and a version 2 whose warmup request is wrong."""

@@ -37,6 +37,8 @@ def test_model_event_round_trip() -> None:
         (b'{"event": "published", "model": "m", "version": 1, "ts": "now"}', "ts"),
         (b'{"event": "published", "model": "m", "version": 1, "ts": 1, "metrics": []}', "metrics"),
         (b'{"event": "rejected", "model": "m", "version": 1, "ts": 1, "reason": 3}', "reason"),
+        (b'{"event": "rolled_back", "model": "m", "version": 2, "ts": 1}', "to"),
+        (b'{"event": "activated", "model": "m", "version": 2, "ts": 1, "to": 1}', "to"),
     ],
 )
 def test_model_event_rejects_with_the_field(body: bytes, field: str) -> None:

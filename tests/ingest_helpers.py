@@ -1,0 +1,80 @@
+"""Running `recstream ingest` in tests: the worker subprocess and what it landed."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from stream.settings import Settings
+from stream.storage import make_client
+
+
+class Worker:
+    """`recstream ingest` in a subprocess of its own process group."""
+
+    def __init__(self, settings: Settings, log: Path, **extra_env: str) -> None:
+        env = {
+            **os.environ,
+            "RECSTREAM_HOME": str(settings.home),
+            "TRANSACTIONS_TOPIC": settings.transactions_topic,
+            "DLQ_TOPIC": settings.dlq_topic,
+            "DATA_BUCKET": settings.data_bucket,
+            "TOPIC_PARTITIONS": str(settings.topic_partitions),
+            "INGEST_FLUSH_EVENTS": "1000",
+            "INGEST_FLUSH_S": "2",
+            "INGEST_METRICS_PORT": "0",
+            "LOG_LEVEL": "INFO",
+            **extra_env,
+        }
+        self.log = log
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "stream.cli", "ingest"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def stored_rows(settings: Settings) -> list[dict]:
+    """Every row of every object, without any dedupe: what is really in the store."""
+    client = make_client(settings)
+    rows = []
+    for obj in client.list_objects(settings.data_bucket, prefix="transactions/", recursive=True):
+        response = client.get_object(settings.data_bucket, obj.object_name)
+        try:
+            rows.extend(pq.read_table(io.BytesIO(response.read())).to_pylist())
+        finally:
+            response.close()
+            response.release_conn()
+    return rows
+
+
+def wait_for(condition, timeout_s: float, worker: Worker, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        assert worker.alive(), f"worker died while waiting for {what}: {worker.log.read_text()[-3000:]}"
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}: {worker.log.read_text()[-3000:]}")
