@@ -183,7 +183,7 @@ class Stack:
             log.info("%s: using configured %s", part, external)
             return False
         executable = self._executable(part)
-        if pid_runs(entry.get("pid"), executable):
+        if self._runs(part, entry.get("pid"), executable):
             self._wait(part, entry["pid"], entry["endpoint"], entry.get("rest"))
             log.info("%s: reusing pid %d at %s", part, entry["pid"], entry["endpoint"])
             return False
@@ -196,6 +196,17 @@ class Stack:
         if part == MODELSERVER:
             return sys.executable
         return objectstore.weed_binary() if part == OBJECTSTORE else broker.tansu_binary()
+
+    def _runs(self, part: str, pid: int | None, executable: str) -> bool:
+        """Whether `pid` still is this part; for the model server any Python is not enough."""
+        if not pid_runs(pid, executable):
+            return False
+        if part != MODELSERVER:
+            return True
+        try:
+            return b"deploy.modelserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
 
     def _start_part(self, part: str, state: dict[str, dict]) -> None:
         entry = state.get(part, {})
@@ -275,7 +286,7 @@ class Stack:
         """Stop the process of a managed entry if it still runs; True if one was stopped."""
         pid = entry.get("pid")
         entry["pid"] = None
-        if entry.get("managed") and pid_runs(pid, self._executable(part)):
+        if entry.get("managed") and self._runs(part, pid, self._executable(part)):
             stop_pid(pid)
             log.info("%s: stopped pid %d", part, pid)
             return True
@@ -314,7 +325,11 @@ class Stack:
             entry = state.get(part, {})
             endpoint = self._endpoint(part, state)
             managed = not self._configured_endpoint(part)
-            pid = entry.get("pid") if managed and pid_runs(entry.get("pid"), self._executable(part)) else None
+            pid = (
+                entry.get("pid")
+                if managed and self._runs(part, entry.get("pid"), self._executable(part))
+                else None
+            )
             healthy = (
                 bool(endpoint)
                 and (pid is not None or not managed)

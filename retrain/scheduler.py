@@ -71,7 +71,8 @@ class RetrainScheduler:
 
     def start(self) -> None:
         self.scheduler.start()
-        log.info("retrain every %gs; drift retrains at most every %gs", self.interval_s, self.cooldown_s)
+        every = f"every {self.interval_s:g}s" if self.interval_s else "only on drift alerts"
+        log.info("retrain %s; drift retrains at most every %gs", every, self.cooldown_s)
 
     def shutdown(self) -> None:
         self.scheduler.shutdown(wait=True)

@@ -156,7 +156,13 @@ FIELDS: tuple[Field, ...] = (
     Field("PRODUCER_LINGER_MS", "producer_linger_ms", _non_negative_int, "5", "producer batching delay"),
     Field("PRODUCER_TIMEOUT_S", "producer_timeout_s", positive_float, "30", "delivery confirmation deadline"),
     # Operational knobs of the stages.
-    Field("RETRAIN_INTERVAL_S", "retrain_interval_s", positive_float, "1800", "scheduled retrain period"),
+    Field(
+        "RETRAIN_INTERVAL_S",
+        "retrain_interval_s",
+        _non_negative_float,
+        "1800",
+        "scheduled retrain period (0: only on drift alerts, e.g. when Kubeflow runs the schedule)",
+    ),
     Field("RETRAIN_COOLDOWN_S", "retrain_cooldown_s", positive_float, "300", "minimum gap of drift retrains"),
     Field(
         "RETRAIN_WINDOW_S",

@@ -348,6 +348,11 @@ class Registry:
             harness.servable = None
             harness.busy = False
             self._publish(harness, State.END, Status())
+            harnesses = self._harnesses.get(harness.name, {})
+            if harness.aspired and harnesses.get(harness.version) is harness:
+                # Wanted again while it was unloading: load it afresh, as TF Serving does.
+                harnesses[harness.version] = fresh = _Harness(harness.name, harness.version, harness.path)
+                self._publish(fresh, State.START, Status())
             self._changed.notify_all()
 
     def _publish(self, harness: _Harness, state: State, status: Status) -> None:

@@ -285,3 +285,20 @@ def test_a_version_unloaded_then_wanted_again_is_loaded_again(h: Harness) -> Non
     h.wait_for(lambda: h.state("m", 1) == State.AVAILABLE and h.state("m", 2) == State.END)
     assert h.loads == [("m", 1), ("m", 2), ("m", 1)]
     assert h.latest("m") == 1
+
+
+def test_a_version_wanted_again_while_it_unloads_is_loaded_again(h: Harness) -> None:
+    h.put("m", 1, 2)
+    both = VersionPolicy("specific", versions=frozenset({1, 2}))
+    h.registry.start([model("m", both)])
+    h.wait_for(lambda: h.state("m", 1) == State.AVAILABLE and h.state("m", 2) == State.AVAILABLE)
+    with h.registry.acquire("m", version=1) as held:
+        h.registry.reload([model("m", VersionPolicy("specific", versions=frozenset({2})))])
+        h.wait_for(lambda: h.state("m", 1) == State.UNLOADING)
+        reload = threading.Thread(target=h.registry.reload, args=([model("m", both)],))
+        reload.start()  # a rollback's config, while a request still holds version 1
+        time.sleep(0.2)
+        assert held.version == 1
+    reload.join(DEADLINE_S)
+    h.wait_for(lambda: h.state("m", 1) == State.AVAILABLE)
+    assert h.loads.count(("m", 1)) == 2

@@ -105,3 +105,14 @@ def test_one_run_at_a_time_whatever_triggers_it(make_scheduler) -> None:
     release.set()
     assert wait_for(lambda: len(calls) >= 2)
     assert peak[0] == 1
+
+
+def test_interval_zero_retrains_only_on_drift(make_scheduler) -> None:
+    calls: list[int] = []
+    scheduler = make_scheduler(lambda: calls.append(1), interval_s=0)
+    time.sleep(0.5)
+    assert calls == []
+    assert scheduler.on_alert(ALERT)
+    assert wait_for(lambda: len(calls) == 1)
+    time.sleep(0.3)
+    assert len(calls) == 1
