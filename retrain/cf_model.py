@@ -1,0 +1,224 @@
+"""The collaborative-filtering model: what a user buys next, from who they are and what they bought.
+
+The reference talk's model concatenated a user and a product embedding into dense layers and
+scored pairs. Implicit feedback has no negatives, so this one is trained the way implicit
+feedback needs: a softmax over the whole catalogue (a few hundred products: cheap), predicting
+each purchase of an item new to the user from the user's embedding and a recency-weighted bag
+of the items they bought before (most recent first). Items already bought are masked out of
+the softmax, as they are out of the recommendations.
+
+Warm start: a child model keeps the parent's rows for every known user and item (vocabularies
+only grow, so indices are stable) and its dense layers, and starts new rows fresh.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrain.dataset import Interactions, Vocabulary
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, dict[str, float]], None]
+STATE_FILE = "assets.extra/recstream_model.npz"  # in the version directory; TF Serving ignores it
+
+
+@dataclass(frozen=True)
+class Params:
+    history: int = 32  # items of history the model sees, most recent first
+    decay: float = 0.7  # weight of the i-th most recent item: decay**i
+    item_dim: int = 64
+    user_dim: int = 0  # 0: a user is their purchase history (measured better on the seed than an ID row)
+    hidden: int = 256
+    dropout: float = 0.3
+    epochs: int = 10
+    batch: int = 1024  # at most; small data gets smaller batches (see `batch_size`)
+    learning_rate: float = 3e-3
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def batch_size(self, examples: int) -> int:
+        """About 100 steps per epoch whatever the data size: a few thousand examples in batches of
+        1024 would be a handful of steps, too few to learn anything."""
+        return int(min(self.batch, max(32, examples // 100)))
+
+
+def _histories(train: Interactions, history: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Training examples (user, history before, new item) and each user's final history.
+
+    Histories hold item index + 1 (0 pads), distinct items, most recent first.
+    """
+    users, rows, targets = [], [], []
+    final = np.zeros((train.n_users, history), dtype=np.int32)
+    for user in range(train.n_users):
+        order: list[int] = []  # distinct items, most recent last
+        for item in train.sequence(user).tolist():
+            if item in order:
+                order.remove(item)
+            else:
+                if order:
+                    recent = order[::-1][:history]
+                    users.append(user)
+                    rows.append([i + 1 for i in recent] + [0] * (history - len(recent)))
+                    targets.append(item)
+            order.append(item)
+        recent = order[::-1][:history]
+        final[user, : len(recent)] = [i + 1 for i in recent]
+    return (
+        np.asarray(users, dtype=np.int32),
+        np.asarray(rows, dtype=np.int32).reshape(-1, history),
+        np.asarray(targets, dtype=np.int32),
+        final,
+    )
+
+
+def build_keras(n_users: int, n_items: int, params: Params):
+    import keras
+
+    user = keras.Input((), dtype="int32", name="user")
+    history = keras.Input((params.history,), dtype="int32", name="history")
+    items = keras.layers.Embedding(n_items + 1, params.item_dim, name="item_embedding")(history)
+    weights = keras.ops.cast(keras.ops.not_equal(history, 0), "float32") * keras.ops.convert_to_tensor(
+        (params.decay ** np.arange(params.history)).astype("float32")
+    )
+    bag = keras.ops.sum(items * weights[..., None], axis=1)
+    if params.user_dim:
+        users = keras.layers.Embedding(n_users, params.user_dim, name="user_embedding")(user)
+        x = keras.layers.Concatenate()([users, bag])
+    else:  # the user is known by their purchases alone
+        x = bag + 0.0 * keras.ops.cast(user[:, None], "float32")
+    x = keras.layers.Dense(params.hidden, activation="relu", name="dense_1")(x)
+    x = keras.layers.Dropout(params.dropout)(x)
+    x = keras.layers.Dense(params.hidden, activation="relu", name="dense_2")(x)
+    x = keras.layers.Dropout(params.dropout)(x)
+    logits = keras.layers.Dense(n_items, name="output")(x)
+    # Items in the history cannot be the next new item: mask them out of the softmax.
+    seen = keras.ops.max(keras.ops.one_hot(history, n_items + 1)[..., 1:], axis=1)
+    return keras.Model([user, history], logits - 1e9 * seen, name="recommender")
+
+
+@dataclass
+class Trained:
+    """A trained model with what serving needs: vocabularies, histories, purchases, popularity."""
+
+    users: Vocabulary
+    items: Vocabulary
+    params: Params
+    keras_model: Any
+    histories: np.ndarray  # int32 [n_users, history], item index + 1, 0 pads
+    bought: np.ndarray  # bool [n_users, n_items]
+    popularity: np.ndarray  # float64 [n_items], distinct buyers
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        """Float [len(users), n_items] logits of known users (rows of `self.users`)."""
+        users = np.asarray(users, dtype=np.int32)
+        if len(users) == 0:
+            return np.zeros((0, len(self.items)), dtype=np.float32)
+        return self.keras_model.predict([users, self.histories[users]], batch_size=4096, verbose=0)
+
+    def save_state(self, directory: Path) -> None:
+        """What a later run needs to warm-start from this version (beside the SavedModel)."""
+        path = directory / STATE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"w{i}": w for i, w in enumerate(self.keras_model.get_weights())}
+        np.savez_compressed(
+            path,
+            users=np.asarray(self.users.ids, dtype=object),
+            items=np.asarray(self.items.ids, dtype=object),
+            params=np.asarray(json.dumps(self.params.as_dict())),
+            histories=self.histories,
+            bought=self.bought,
+            popularity=self.popularity,
+            **arrays,
+        )
+
+
+def load(directory: Path) -> Trained:
+    """The model of an exported version directory, for warm start and comparison."""
+    with np.load(directory / STATE_FILE, allow_pickle=True) as state:
+        params = Params(**json.loads(str(state["params"])))
+        users, items = Vocabulary(state["users"].tolist()), Vocabulary(state["items"].tolist())
+        weights = [state[f"w{i}"] for i in range(sum(1 for k in state.files if k.startswith("w")))]
+        keras_model = build_keras(len(users), len(items), params)
+        keras_model.set_weights(weights)
+        return Trained(
+            users, items, params, keras_model, state["histories"], state["bought"], state["popularity"]
+        )
+
+
+def _warm_start(model: Any, parent: Trained) -> None:
+    """Copy the parent's rows for known IDs and its dense layers; new rows keep their fresh init."""
+    old_users, old_items = len(parent.users), len(parent.items)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        source = parent.keras_model.get_layer(layer.name).get_weights()
+        target = layer.get_weights()
+        if layer.name == "user_embedding":
+            target[0][:old_users] = source[0]
+        elif layer.name == "item_embedding":
+            target[0][: old_items + 1] = source[0]  # row 0 pads, item i is row i + 1
+        elif layer.name == "output":
+            target[0][:, :old_items] = source[0]
+            target[1][:old_items] = source[1]
+        else:
+            target = source
+        layer.set_weights(target)
+
+
+def train(
+    data: Interactions, params: Params, parent: Trained | None = None, progress: Progress | None = None
+) -> Trained:
+    """Fit on `data` (whose vocabularies extend the parent's, if any); `progress` gets every epoch."""
+    import keras
+
+    keras.utils.set_random_seed(params.seed)
+    if parent is not None:
+        if parent.params.as_dict() != replace(params, epochs=parent.params.epochs).as_dict():
+            log.info("parent has other parameters (%s): no warm start", parent.params)
+            parent = None
+        elif data.users.ids[: len(parent.users)] != parent.users.ids:
+            raise ValueError("the data's vocabulary does not extend the parent's: warm start impossible")
+    users, histories, targets, final = _histories(data, params.history)
+    model = build_keras(data.n_users, data.n_items, params)
+    if parent is not None:
+        _warm_start(model, parent)
+        log.info(
+            "warm start: %d/%d users and %d/%d items from the parent",
+            len(parent.users),
+            data.n_users,
+            len(parent.items),
+            data.n_items,
+        )
+    model.compile(
+        keras.optimizers.Adam(params.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+
+    class Report(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            figures = {k: float(v) for k, v in (logs or {}).items()}
+            log.info("epoch %d/%d %s", epoch + 1, params.epochs, figures)
+            if progress is not None:
+                progress(epoch + 1, params.epochs, figures)
+
+    if params.epochs and len(targets):
+        model.fit(
+            [users, histories],
+            targets,
+            batch_size=params.batch_size(len(targets)),
+            epochs=params.epochs,
+            shuffle=True,
+            verbose=0,
+            callbacks=[Report()],
+        )
+    return Trained(data.users, data.item_vocab, params, model, final, data.bought(), data.popularity())

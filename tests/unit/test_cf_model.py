@@ -1,0 +1,92 @@
+"""The CF model and its SavedModel on small synthetic data: learning, warm start, signatures."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from retrain import cf_model
+from retrain.baselines import Popularity
+from retrain.dataset import build_interactions, temporal_holdout
+from retrain.evaluate import evaluate_scores, evaluation_set
+
+SMALL = cf_model.Params(history=4, item_dim=8, user_dim=4, hidden=16, epochs=15, batch=64)
+
+
+def chain_events(users: int, prefix: str = "u") -> pd.DataFrame:
+    """Every user buys a walk along a chain of 20 items (a -> a+1 -> a+2 -> a+3): the next item is
+    obvious from the last one, while popularity is flat."""
+    rows, ts = [], 0.0
+    rng = np.random.default_rng(0)
+    for u in range(users):
+        start = int(rng.integers(0, 16))
+        for step in range(4):
+            ts += 1
+            rows.append((f"{prefix}{u}", f"i{start + step}", ts))
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "ts"])
+    return frame.assign(offset=np.arange(len(frame)), event_id=[f"e{i}" for i in range(len(frame))])
+
+
+def test_learns_a_sequential_pattern_popularity_cannot_see() -> None:
+    holdout = temporal_holdout(chain_events(400))
+    train = build_interactions(holdout.train)
+    evalset = evaluation_set(train, holdout.test)
+    model = cf_model.train(train, SMALL)
+    ours = evaluate_scores(model.scores(evalset.users), evalset, k=1)
+    popular = evaluate_scores(Popularity().fit(train).scores(evalset.users), evalset, k=1)
+    assert ours.hr > 0.8 > popular.hr + 0.5
+
+
+def test_warm_start_keeps_known_rows_and_appends_new_ids() -> None:
+    first = build_interactions(chain_events(50))
+    parent = cf_model.train(first, SMALL)
+    grown = pd.concat([chain_events(50), chain_events(30, prefix="new")]).assign(
+        item_id=lambda f: f["item_id"].where(f["user_id"] != "new0", "brand-new-item")
+    )
+    second = build_interactions(grown, users=parent.users, items=parent.items)
+    assert second.users.ids[: len(parent.users)] == parent.users.ids
+    assert second.item_vocab.ids[-1] == "brand-new-item" and second.n_users == len(parent.users) + 30
+    child = cf_model.train(second, dataclasses.replace(SMALL, epochs=0), parent=parent)
+    for layer, rows in (("user_embedding", len(parent.users)), ("item_embedding", len(parent.items) + 1)):
+        before = parent.keras_model.get_layer(layer).get_weights()[0]
+        after = child.keras_model.get_layer(layer).get_weights()[0]
+        np.testing.assert_array_equal(after[:rows], before)
+        assert after.shape[0] > before.shape[0]
+    np.testing.assert_array_equal(
+        child.keras_model.get_layer("dense_1").get_weights()[0],
+        parent.keras_model.get_layer("dense_1").get_weights()[0],
+    )
+
+
+def test_exported_signatures(tmp_path: Path) -> None:
+    from retrain import savedmodel
+
+    train = build_interactions(chain_events(200))
+    model = cf_model.train(train, SMALL)
+    directory = savedmodel.export(model, tmp_path / "7", 7, {"version": 7}, "recommender")
+    assert (directory / savedmodel.WARMUP_FILE).stat().st_size > 0
+    loaded = tf.saved_model.load(str(directory))
+    known = train.users.ids[0]
+    bought = {train.item_vocab.ids[i] for i in train.sequence(0)}
+    out = loaded.signatures["serving_default"](
+        user_id=tf.constant([known, "stranger", "other-stranger"]), k=tf.constant(5, tf.int32)
+    )
+    items = [[x.decode() for x in row] for row in out["items"].numpy()]
+    assert int(out["model_version"].numpy()) == 7
+    assert not bought & set(items[0]), "bought items must not be recommended"
+    popular = [train.item_vocab.ids[i] for i in np.argsort(-train.popularity(), kind="stable")[:5]]
+    assert items[1] == items[2] and set(items[1]) == set(popular)
+    assert np.isfinite(out["scores"].numpy()).all()
+    everything = loaded.signatures["serving_default"](user_id=tf.constant(["stranger"]), k=tf.constant(500))
+    assert everything["items"].shape == (1, train.n_items)  # k is clipped to the catalogue
+    scores = loaded.signatures["score"](
+        users=tf.constant([known, "stranger", known]), products=tf.constant(["i3", "i3", "no-such-item"])
+    )["scores"].numpy()
+    assert scores.shape == (3,) and scores[2] == 0.0 and 0 < scores[1] < 1
+    # The exported state warm-starts the next run with the same rows.
+    again = cf_model.load(directory)
+    np.testing.assert_allclose(again.scores(np.arange(3)), model.scores(np.arange(3)), atol=1e-5)
