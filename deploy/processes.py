@@ -41,9 +41,12 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 PORT_RANGE = range(10000, 22000)
 
 
+_PORTS = random.SystemRandom()  # not the global generator: training seeds that one
+
+
 def free_port() -> int:
     """A port that is free now, outside the ephemeral range."""
-    for port in random.sample(PORT_RANGE, 500):
+    for port in _PORTS.sample(PORT_RANGE, 500):
         if port_is_free(port):
             return port
     raise StackError("no free port found on 127.0.0.1")

@@ -260,13 +260,8 @@ class IngestWorker:
 
 def run(settings: Settings) -> None:
     """Run the worker in the foreground until SIGINT/SIGTERM."""
-    import faust
-
+    from stream.faust_app import run_worker
     from stream.metrics import serve_metrics
 
     serve_metrics(settings.metrics_host, settings.ingest_metrics_port)
-    worker = IngestWorker(settings)
-    level = {"warning": "warn", "critical": "crit"}.get(
-        settings.log_level.lower(), settings.log_level.lower()
-    )
-    faust.Worker(worker.app, loglevel=level, quiet=True).execute_from_commandline()
+    run_worker(IngestWorker(settings).app, settings)

@@ -1,10 +1,10 @@
 """Export a trained model as a TF Serving version directory with DESIGN's signatures.
 
 - `serving_default`: user_id string [N], k int32 [] -> items string [N, k], scores float [N, k],
-  model_version int64 []. IDs are looked up inside the graph; known users get the model's
-  ranking without the items they bought, unknown users the popularity ranking (scores are
-  then the items' share of buyers, so a client can tell them apart only by the scorer's
-  `fallback` flag, which compares the user with the vocabulary). k is clipped to the catalogue.
+  model_version int64 [], and fallback bool [N] (beyond DESIGN's outputs: the scorer's
+  `fallback` flag). IDs are looked up inside the graph; known users get the model's ranking
+  without the items they bought, unknown users the popularity ranking (scores are then the
+  items' share of buyers). k is clipped to the catalogue.
 - `score` (the seed's pairwise form): users string [N], products string [N] -> scores float [N]:
   the model's probability of the product for a known user; the product's popularity share for
   an unknown user; 0 for an unknown product.
@@ -90,6 +90,7 @@ def _module(trained: Any, version: int):
                 "items": tf.gather(self.item_ids, top.indices),
                 "scores": top.values,
                 "model_version": tf.identity(self.version),
+                "fallback": tf.logical_not(known),
             }
 
         @tf.function(

@@ -42,6 +42,15 @@ def _arg(parse: Callable[[str], T]) -> Callable[[str], T]:
     return convert
 
 
+def _k(text: str) -> int:
+    from stream.schemas import MAX_K
+
+    value = positive_int(text)
+    if value > MAX_K:
+        raise ValueError(f"must be at most {MAX_K}, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="recstream", description="Streaming continuous training for recommenders.")
     parser.add_argument("--home", help="state directory (RECSTREAM_HOME, default ./.recstream)")
@@ -77,8 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(func=cmd_ingest)
 
+    from retrain.steps import STEPS, check_run_id  # light: no pandas or TensorFlow at import
+
     retrain = sub.add_parser("retrain", help="one retrain now: train, gate, export, publish")
-    retrain.set_defaults(func=cmd_retrain)
+    retrain.add_argument(
+        "--step",
+        choices=STEPS,
+        help="run one step of the Kubeflow pipeline (with --run-id): data = read the window and "
+        "split it; train = train and evaluate a candidate; publish = gate and publish or reject it",
+    )
+    retrain.add_argument(
+        "--run-id",
+        type=_arg(check_run_id),
+        metavar="ID",
+        help="the pipeline run whose steps hand over through the object store (with --step)",
+    )
+    retrain.set_defaults(func=cmd_retrain, usage_error=retrain.error)
 
     scheduler = sub.add_parser(
         "scheduler", help="run the retrain loop: every RETRAIN_INTERVAL_S and on drift alerts"
@@ -89,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
         "updater", help="run the model updater: validate, stage and activate published versions"
     )
     updater.set_defaults(func=cmd_updater)
+
+    scorer = sub.add_parser(
+        "scorer", help="run the streaming scorer: answer recommendation requests, track drift"
+    )
+    scorer.set_defaults(func=cmd_scorer)
+
+    request = sub.add_parser("request", help="ask the scorer for one user's recommendations")
+    request.add_argument("user", help="the user_id")
+    request.add_argument("--k", type=_arg(_k), default=10, help="how many items (1..100, default 10)")
+    request.add_argument(
+        "--timeout", type=_arg(positive_float), default=30.0, help="seconds to wait for the answer"
+    )
+    request.set_defaults(func=cmd_request)
 
     rollback = sub.add_parser("rollback", help="serve the previous (or given) version at once")
     rollback.add_argument("--to", type=_arg(positive_int), metavar="VERSION", help="the version to serve")
@@ -263,6 +299,25 @@ def cmd_updater(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(settings.log_level)
     run(settings)
     return 0
+
+
+def cmd_scorer(args: argparse.Namespace) -> int:
+    from recommender.scorer import run
+
+    settings = _settings(args)
+    for endpoint in ("kafka_bootstrap", "minio_endpoint", "tf_serving_grpc"):
+        settings.require(endpoint)
+    run(settings)
+    return 0
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    from recommender.client import RecommendationClient
+
+    with RecommendationClient(_settings(args)) as client:
+        answer = client.request(args.user, args.k, timeout_s=args.timeout)
+    print(json.dumps(answer, indent=1))
+    return 0 if "error" not in answer else 1
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

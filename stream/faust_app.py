@@ -37,3 +37,12 @@ def create_app(name: str, settings: Settings, **overrides: Any) -> faust.App:
     }
     options.update(overrides)
     return faust.App(f"recstream-{name}", **options)
+
+
+def run_worker(app: faust.App, settings: Settings) -> None:
+    """Run a service's Faust app in the foreground until SIGINT/SIGTERM, at LOG_LEVEL."""
+    import faust
+
+    level = settings.log_level.lower()
+    level = {"warning": "warn", "critical": "crit"}.get(level, level)  # Faust's own level names
+    faust.Worker(app, loglevel=level, quiet=True).execute_from_commandline()

@@ -217,7 +217,62 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "SCHEDULER_METRICS_PORT", "scheduler_metrics_port", _port, "9404", "scheduler /metrics port (0: free)"
     ),
+    Field("SCORER_BATCH_SIZE", "scorer_batch_size", positive_int, "64", "most requests in one Predict"),
+    Field(
+        "SCORER_BATCH_WAIT_S", "scorer_batch_wait_s", positive_float, "0.02", "longest wait to fill a batch"
+    ),
+    Field(
+        "SCORER_DEADLINE_S",
+        "scorer_deadline_s",
+        positive_float,
+        "30",
+        "a request not answered this long after it was produced gets an error answer",
+    ),
+    Field("SCORER_PREDICT_TIMEOUT_S", "scorer_predict_timeout_s", positive_float, "5", "one Predict call"),
+    Field(
+        "SCORER_HISTORY_ITEMS",
+        "scorer_history_items",
+        positive_int,
+        "256",
+        "latest purchases kept per user to exclude from answers",
+    ),
     Field("DRIFT_HORIZON_S", "drift_horizon_s", positive_float, "3600", "hit window after a recommendation"),
+    Field("DRIFT_CHECK_S", "drift_check_s", positive_float, "5", "how often drift is computed"),
+    Field("DRIFT_WINDOW_EVENTS", "drift_window_events", positive_int, "2000", "purchases in the data window"),
+    Field(
+        "DRIFT_MIN_EVENTS", "drift_min_events", positive_int, "500", "fewest purchases to judge data drift"
+    ),
+    Field(
+        "DRIFT_MIN_OUTCOMES",
+        "drift_min_outcomes",
+        positive_int,
+        "50",
+        "fewest resolved recommendations to judge concept drift",
+    ),
+    Field("DRIFT_PSI_THRESHOLD", "drift_psi_threshold", positive_float, "0.2", "item popularity PSI alert"),
+    Field(
+        "DRIFT_UNKNOWN_ITEM_THRESHOLD",
+        "drift_unknown_item_threshold",
+        positive_float,
+        "0.2",
+        "share of purchases of products the model never saw",
+    ),
+    Field(
+        "DRIFT_UNKNOWN_USER_THRESHOLD",
+        "drift_unknown_user_threshold",
+        positive_float,
+        "0.5",
+        "share of requests answered by the popularity fallback",
+    ),
+    Field("DRIFT_PH_DELTA", "drift_ph_delta", positive_float, "0.05", "Page-Hinkley tolerated fall"),
+    Field("DRIFT_PH_THRESHOLD", "drift_ph_threshold", positive_float, "15", "Page-Hinkley alarm level"),
+    Field(
+        "DRIFT_ALERT_COOLDOWN_S",
+        "drift_alert_cooldown_s",
+        _non_negative_float,
+        "300",
+        "least time between two alerts of one statistic",
+    ),
 )
 
 ENV_NAMES: frozenset[str] = frozenset(f.env for f in FIELDS) | {"RECSTREAM_HOME"}
@@ -274,7 +329,22 @@ class Settings:
     scorer_metrics_port: int
     updater_metrics_port: int
     scheduler_metrics_port: int
+    scorer_batch_size: int
+    scorer_batch_wait_s: float
+    scorer_deadline_s: float
+    scorer_predict_timeout_s: float
+    scorer_history_items: int
     drift_horizon_s: float
+    drift_check_s: float
+    drift_window_events: int
+    drift_min_events: int
+    drift_min_outcomes: int
+    drift_psi_threshold: float
+    drift_unknown_item_threshold: float
+    drift_unknown_user_threshold: float
+    drift_ph_delta: float
+    drift_ph_threshold: float
+    drift_alert_cooldown_s: float
 
     @property
     def production(self) -> bool:

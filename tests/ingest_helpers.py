@@ -17,26 +17,33 @@ from stream.storage import make_client
 
 
 class Worker:
-    """`recstream ingest` in a subprocess of its own process group."""
+    """A `recstream` service (`ingest` unless told) in a subprocess of its own process group,
+    on the test's topics, buckets and model name."""
 
-    def __init__(self, settings: Settings, log: Path, **extra_env: str) -> None:
+    def __init__(self, settings: Settings, log: Path, command: str = "ingest", **extra_env: str) -> None:
         env = {
             **os.environ,
             "RECSTREAM_HOME": str(settings.home),
             "TRANSACTIONS_TOPIC": settings.transactions_topic,
             "DLQ_TOPIC": settings.dlq_topic,
+            "REQUESTS_TOPIC": settings.requests_topic,
+            "RECOMMENDATIONS_TOPIC": settings.recommendations_topic,
+            "MODEL_UPDATES_TOPIC": settings.model_updates_topic,
+            "DRIFT_ALERTS_TOPIC": settings.drift_alerts_topic,
+            "MODEL_NAME": settings.model_name,
             "DATA_BUCKET": settings.data_bucket,
             "TOPIC_PARTITIONS": str(settings.topic_partitions),
             "INGEST_FLUSH_EVENTS": "1000",
             "INGEST_FLUSH_S": "2",
             "INGEST_METRICS_PORT": "0",
+            "SCORER_METRICS_PORT": "0",
             "LOG_LEVEL": "INFO",
             **extra_env,
         }
         self.log = log
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "ingest"],
+                [sys.executable, "-m", "stream.cli", command],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

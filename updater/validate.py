@@ -22,6 +22,7 @@ RECOMMEND, SCORE = "serving_default", "score"
 # dtype names of tf.DType.name; rank None means "any".
 RECOMMEND_INPUTS = {"user_id": ("string", 1), "k": ("int32", 0)}
 RECOMMEND_OUTPUTS = {"items": ("string", 2), "scores": ("float32", 2), "model_version": ("int64", None)}
+OPTIONAL_OUTPUTS = {"fallback": ("bool", 1)}  # our models' extra output; the scorer does without it
 SCORE_INPUTS = ("users", "products")
 SMOKE_USERS = ("1", "2", "42", "recstream-unknown-user-\u2603")  # the last one is never in a vocabulary
 SMOKE_K = 5
@@ -50,7 +51,7 @@ def check(path: Path, version: int) -> dict[str, Any]:
         raise Invalid(f"missing signature(s) {', '.join(missing)}")
     recommend, score = loaded.signatures[RECOMMEND], loaded.signatures[SCORE]
     _check_specs(RECOMMEND, "input", _inputs(recommend), RECOMMEND_INPUTS)
-    _check_specs(RECOMMEND, "output", recommend.structured_outputs, RECOMMEND_OUTPUTS)
+    _check_specs(RECOMMEND, "output", recommend.structured_outputs, RECOMMEND_OUTPUTS, OPTIONAL_OUTPUTS)
     score_inputs = _inputs(score)
     _check_specs(SCORE, "input", score_inputs, {name: (None, 1) for name in SCORE_INPUTS})
     _check_specs(SCORE, "output", score.structured_outputs, {"scores": ("float32", 1)})
@@ -111,11 +112,18 @@ def _inputs(signature: Any) -> dict[str, Any]:
 
 
 def _check_specs(
-    signature: str, kind: str, specs: dict[str, Any], expected: dict[str, tuple[str | None, int | None]]
+    signature: str,
+    kind: str,
+    specs: dict[str, Any],
+    expected: dict[str, tuple[str | None, int | None]],
+    optional: dict[str, tuple[str | None, int | None]] | None = None,
 ) -> None:
-    if set(specs) != set(expected):
+    allowed = expected | (optional or {})
+    if not set(expected) <= set(specs) <= set(allowed):
         raise Invalid(f"{signature}: {kind}s are {sorted(specs)}, expected {sorted(expected)}")
-    for name, (dtype, rank) in expected.items():
+    for name, (dtype, rank) in allowed.items():
+        if name not in specs:
+            continue
         spec = specs[name]
         if dtype is not None and spec.dtype.name != dtype:
             raise Invalid(f"{signature}: {kind} {name} is {spec.dtype.name}, expected {dtype}")

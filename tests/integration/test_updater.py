@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import subprocess
 import threading
 import time
 import uuid
@@ -25,13 +24,13 @@ import pytest
 import tensorflow as tf
 from kafka import KafkaConsumer, TopicPartition
 from kafka_helpers import create_topic
+from modelserver_helpers import Servers
 from prometheus_client import REGISTRY
 from saved_models import build_version, corrupt, recommend_request
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from deploy import modelserver
 from deploy.processes import free_port
-from deploy.stack import EMPTY_MODEL_CONFIG, MODELSERVER_ARGS
+from deploy.stack import EMPTY_MODEL_CONFIG
 from retrain.registry import ModelRegistry
 from stream.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent, parse_model_event
 from stream.producer import EventProducer
@@ -282,48 +281,6 @@ def test_rollback_with_nothing_active(settings: Settings) -> None:
 
 
 # -- replicas and a model server that loses everything -----------------------------------------------
-class Servers:
-    """Model servers of this test, on one serving root and config file (as replicas sharing a volume)."""
-
-    def __init__(self, root: Path, model: str) -> None:
-        self.root, self.model = root, model
-        self.config = root / "models.config"
-        self.config.write_text(EMPTY_MODEL_CONFIG)
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, count: int = 1) -> list[str]:
-        started = []
-        for _ in range(count):
-            grpc_port, rest_port = free_port(), free_port()
-            argv, env = modelserver.command(
-                self.root / self.model,
-                self.model,
-                grpc_port,
-                rest_port,
-                model_config_file=self.config,
-                extra_args=MODELSERVER_ARGS,
-            )
-            endpoint = f"127.0.0.1:{grpc_port}"
-            log = open(self.root / f"server-{grpc_port}.log", "ab")  # noqa: SIM115 (the child keeps it)
-            self.procs[endpoint] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-            log.close()
-            started.append((endpoint, f"127.0.0.1:{rest_port}"))
-        for endpoint, rest in started:
-            proc = self.procs[endpoint]
-            wait_until(
-                lambda p=proc, r=rest: p.poll() is None and modelserver.rest_healthy(r, self.model),
-                f"model server {endpoint}",
-            )
-        return [endpoint for endpoint, _ in started]
-
-    def kill_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=20)
-        self.procs.clear()
-
-
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[Servers]:
     root = tmp_path / "serving"

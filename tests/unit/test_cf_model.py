@@ -77,6 +77,7 @@ def test_exported_signatures(tmp_path: Path) -> None:
     )
     items = [[x.decode() for x in row] for row in out["items"].numpy()]
     assert int(out["model_version"].numpy()) == 7
+    assert out["fallback"].numpy().tolist() == [False, True, True]
     assert not bought & set(items[0]), "bought items must not be recommended"
     popular = [train.item_vocab.ids[i] for i in np.argsort(-train.popularity(), kind="stable")[:5]]
     assert items[1] == items[2] and set(items[1]) == set(popular)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 
@@ -49,3 +50,12 @@ def test_tf_serving_flag_spellings_are_accepted() -> None:
 
 def test_nothing_listening_is_unhealthy() -> None:
     assert not rest_healthy(f"127.0.0.1:{free_port()}", "recommender", timeout=0.5)
+
+
+def test_free_ports_do_not_follow_the_global_random_seed() -> None:
+    # Training seeds Python's global generator; ports drawn after it must still differ run to run.
+    drawn = set()
+    for _ in range(3):
+        random.seed(1234)
+        drawn.add(free_port())
+    assert len(drawn) > 1

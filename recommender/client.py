@@ -1,0 +1,98 @@
+"""A small client for services that consume recommendations: send a request, await its answer.
+
+Requests are keyed by user_id (so the scorer that holds the user's purchases answers).
+Answers are read from every partition of `recommendations` without a consumer group,
+starting at the end as it was before the first request, and matched by request_id;
+others' answers are skipped. An answer that is redelivered is returned once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+from stream.errors import RecstreamError
+from stream.producer import EventProducer
+from stream.schemas import DEFAULT_K, RecommendationRequest
+from stream.settings import Settings
+
+
+class NoAnswer(RecstreamError):
+    """The scorer did not answer in time (is `recstream scorer` running?)."""
+
+
+class RecommendationClient:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer = EventProducer(settings, client_id="recstream-request")
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=settings.require("kafka_bootstrap"),
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        topic = settings.recommendations_topic
+        partitions = self.consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            raise RecstreamError(f"topic {topic} does not exist: is the stack up?")
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        self.consumer.assign(assigned)
+        self.consumer.seek_to_end(*assigned)
+        for tp in assigned:
+            self.consumer.position(tp)  # resolve the end now, before any request is sent
+        self.sent: set[str] = set()  # awaited request ids: only their answers are kept
+        self.received: dict[str, dict[str, Any]] = {}
+
+    def close(self) -> None:
+        self.producer.close()
+        self.consumer.close()
+
+    def __enter__(self) -> RecommendationClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def send(self, user_id: str, k: int = DEFAULT_K, request_id: str | None = None) -> str:
+        request = RecommendationRequest(request_id or uuid.uuid4().hex, user_id, k)
+        self.producer.send(self.settings.requests_topic, request.to_json(), key=user_id)
+        self.sent.add(request.request_id)
+        return request.request_id
+
+    def send_raw(self, value: bytes, request_id: str | None = None, key: str | None = None) -> None:
+        """Send bytes as they are (to check the scorer's error answers); await them by `request_id`."""
+        self.producer.send(self.settings.requests_topic, value, key=key)
+        if request_id is not None:
+            self.sent.add(request_id)
+
+    def wait(self, request_ids: Iterable[str], timeout_s: float = 30.0) -> dict[str, dict[str, Any]]:
+        """The answers to these requests, by request_id; NoAnswer if some are missing at the deadline."""
+        wanted = set(request_ids)
+        self.producer.flush()
+        deadline = time.monotonic() + timeout_s
+        while not wanted <= self.received.keys():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = len(wanted - self.received.keys())
+                raise NoAnswer(f"no answer to {missing} of {len(wanted)} requests within {timeout_s:g}s")
+            for records in self.consumer.poll(timeout_ms=int(min(left, 1.0) * 1000)).values():
+                for record in records:
+                    self._keep(record.value)
+        self.sent -= wanted
+        return {request_id: self.received.pop(request_id) for request_id in wanted}
+
+    def request(self, user_id: str, k: int = DEFAULT_K, timeout_s: float = 30.0) -> dict[str, Any]:
+        request_id = self.send(user_id, k)
+        return self.wait([request_id], timeout_s)[request_id]
+
+    def _keep(self, value: bytes | None) -> None:
+        try:
+            answer = json.loads(value or b"")
+        except ValueError:
+            return
+        if isinstance(answer, dict) and answer.get("request_id") in self.sent:
+            self.received.setdefault(answer["request_id"], answer)

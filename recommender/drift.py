@@ -1,0 +1,277 @@
+"""Concept and data drift of the served model, from what the scorer sees (DESIGN flow 6).
+
+Concept drift: a served recommendation is resolved by the user's next purchase within
+DRIFT_HORIZON_S (a hit if that product was in the list, a miss otherwise; no purchase in
+time means no signal). The outcomes of one model version form an online hit rate; a
+Page-Hinkley test on them detects a fall. Data drift: the products bought in a recent
+window against the served version's training reference (metadata.json "reference"):
+the PSI of item popularity, binned by the reference's popularity so that sampling noise
+stays small, and the shares of unknown products (not in the reference) and of requests
+for unknown users (answered by the popularity fallback).
+
+Alerts have hysteresis: a statistic fires once when it crosses its threshold and re-arms
+only when it falls below half of it, and one statistic fires at most once per cooldown.
+Times are arrival times (record timestamps), so replayed events with old `ts` still join.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream.alerts import DriftAlert
+
+PSI_BINS = 10
+PSI_EPSILON = 1e-4  # share given to an empty bin, so the logarithm stays finite
+UNKNOWN = "__unknown__"
+
+
+@dataclass(frozen=True, slots=True)
+class DriftConfig:
+    horizon_s: float = 3600.0
+    window_events: int = 2000  # purchases in the data-drift window
+    min_events: int = 500  # fewest purchases before data drift is judged
+    min_outcomes: int = 50  # fewest resolved recommendations before concept drift is judged
+    psi_threshold: float = 0.2
+    unknown_item_threshold: float = 0.2
+    unknown_user_threshold: float = 0.5
+    ph_delta: float = 0.05
+    ph_threshold: float = 15.0
+    cooldown_s: float = 300.0
+    max_pending_users: int = 200_000  # open recommendations kept (oldest dropped first)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> DriftConfig:
+        return cls(
+            horizon_s=settings.drift_horizon_s,
+            window_events=settings.drift_window_events,
+            min_events=settings.drift_min_events,
+            min_outcomes=settings.drift_min_outcomes,
+            psi_threshold=settings.drift_psi_threshold,
+            unknown_item_threshold=settings.drift_unknown_item_threshold,
+            unknown_user_threshold=settings.drift_unknown_user_threshold,
+            ph_delta=settings.drift_ph_delta,
+            ph_threshold=settings.drift_ph_threshold,
+            cooldown_s=settings.drift_alert_cooldown_s,
+        )
+
+
+class PageHinkley:
+    """Page-Hinkley test for a fall of the mean: PH = m - min(m), m = sum(mean - x - delta)."""
+
+    def __init__(self, delta: float, threshold: float) -> None:
+        self.delta, self.threshold = delta, threshold
+        self.reset()
+
+    def reset(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self.cumulative = 0.0
+        self.minimum = 0.0
+
+    def update(self, x: float) -> float:
+        """Add one observation; returns the statistic (an alarm when above the threshold)."""
+        self.n += 1
+        self.mean += (x - self.mean) / self.n
+        self.cumulative += self.mean - x - self.delta
+        self.minimum = min(self.minimum, self.cumulative)
+        return self.statistic
+
+    @property
+    def statistic(self) -> float:
+        return self.cumulative - self.minimum
+
+
+def popularity_bins(reference: Mapping[str, float], bins: int = PSI_BINS) -> dict[str, int]:
+    """Item -> bin, the reference's items sorted by share and cut into bins of about equal mass."""
+    total = sum(reference.values()) or 1.0
+    assignment, mass = {}, 0.0
+    for item, share in sorted(reference.items(), key=lambda kv: (-kv[1], kv[0])):
+        assignment[item] = min(int(mass / total * bins), bins - 1)
+        mass += share
+    return assignment
+
+
+def psi(expected: Iterable[float], actual: Iterable[float], epsilon: float = PSI_EPSILON) -> float:
+    """Population stability index of two distributions over the same bins."""
+    total = 0.0
+    for e, a in zip(expected, actual, strict=True):
+        e, a = max(e, epsilon), max(a, epsilon)
+        total += (a - e) * math.log(a / e)
+    return total
+
+
+@dataclass
+class Reference:
+    """A model version's training reference, binned for PSI."""
+
+    version: int
+    item_share: dict[str, float]
+    bins: dict[str, int] = field(init=False)
+    expected: list[float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bins = popularity_bins(self.item_share)
+        n_bins = max(self.bins.values(), default=-1) + 1
+        total = sum(self.item_share.values()) or 1.0
+        self.expected = [0.0] * (n_bins + 1)  # the last bin holds unknown items
+        for item, share in self.item_share.items():
+            self.expected[self.bins[item]] += share / total
+
+    @classmethod
+    def from_metadata(cls, version: int, metadata: Mapping[str, Any]) -> Reference | None:
+        shares = (metadata.get("reference") or {}).get("item_share")
+        if not isinstance(shares, dict) or not shares:
+            return None
+        return cls(version, {str(k): float(v) for k, v in shares.items()})
+
+    def actual(self, items: Iterable[str]) -> tuple[list[float], float]:
+        """The window's distribution over the bins, and its share of unknown items."""
+        counts = [0] * len(self.expected)
+        for item in items:
+            counts[self.bins.get(item, len(self.expected) - 1)] += 1
+        n = sum(counts) or 1
+        return [c / n for c in counts], counts[-1] / n
+
+
+class Alarm:
+    """Hysteresis and cooldown for one statistic."""
+
+    def __init__(self, threshold: float, cooldown_s: float) -> None:
+        self.threshold, self.cooldown_s = threshold, cooldown_s
+        self.armed = True
+        self.last_fired = -math.inf
+
+    def check(self, value: float, now: float) -> bool:
+        if not self.armed:
+            self.armed = value < self.threshold / 2
+            return False
+        if value > self.threshold and now - self.last_fired >= self.cooldown_s:
+            self.armed, self.last_fired = False, now
+            return True
+        return False
+
+
+@dataclass
+class _Pending:
+    served_at: float
+    items: frozenset[str]
+    version: int
+
+
+class DriftMonitor:
+    """Fed by the scorer (served answers, purchases); `check` returns the alerts to publish."""
+
+    def __init__(self, config: DriftConfig) -> None:
+        self.config = config
+        self.pending: OrderedDict[str, list[_Pending]] = OrderedDict()
+        self.detector = PageHinkley(config.ph_delta, config.ph_threshold)
+        self.outcomes: dict[int, list[int]] = {}  # version -> [hits, misses]
+        self.detector_version: int | None = None
+        self.purchases: deque[str] = deque(maxlen=config.window_events)
+        self.requests: deque[bool] = deque(maxlen=config.window_events)  # True: answered by fallback
+        self.window_start: deque[float] = deque(maxlen=config.window_events)
+        self.reference: Reference | None = None
+        self.expired = 0
+        self.alarms = {
+            "page_hinkley_hit_rate": Alarm(config.ph_threshold, config.cooldown_s),
+            "psi_item_popularity": Alarm(config.psi_threshold, config.cooldown_s),
+            "unknown_item_share": Alarm(config.unknown_item_threshold, config.cooldown_s),
+            "unknown_user_share": Alarm(config.unknown_user_threshold, config.cooldown_s),
+        }
+        self.last: dict[str, float] = {}
+
+    def set_reference(self, reference: Reference) -> None:
+        """A new served version: its reference and a fresh data window (outcomes restart by version)."""
+        if self.reference is not None and self.reference.version == reference.version:
+            return
+        self.reference = reference
+        self.purchases.clear()
+        self.requests.clear()
+        self.window_start.clear()
+
+    def served(self, user_id: str, items: Iterable[str], version: int, fallback: bool, now: float) -> None:
+        self.requests.append(fallback)
+        entry = _Pending(now, frozenset(items), version)
+        queue = self.pending.setdefault(user_id, [])
+        queue.append(entry)
+        self.pending.move_to_end(user_id)
+        while len(self.pending) > self.config.max_pending_users:
+            self.pending.popitem(last=False)
+
+    def purchased(self, user_id: str, item_id: str, now: float) -> None:
+        """A purchase resolves the user's open recommendations (and enters the data window)."""
+        self.purchases.append(item_id)
+        self.window_start.append(now)
+        queue = self.pending.pop(user_id, None) or []
+        later = [entry for entry in queue if entry.served_at > now]  # served after this purchase
+        if later:
+            self.pending[user_id] = later
+        for entry in queue:
+            if entry.served_at > now:
+                continue
+            if now - entry.served_at > self.config.horizon_s:
+                self.expired += 1
+                continue
+            self._outcome(entry.version, item_id in entry.items)
+
+    def _outcome(self, version: int, hit: bool) -> None:
+        if version != self.detector_version:
+            self.detector.reset()
+            self.detector_version = version
+            self.alarms["page_hinkley_hit_rate"].armed = True
+        counts = self.outcomes.setdefault(version, [0, 0])
+        counts[0 if hit else 1] += 1
+        self.detector.update(1.0 if hit else 0.0)
+
+    def hit_rate(self, version: int) -> float | None:
+        hits, misses = self.outcomes.get(version, (0, 0))
+        return hits / (hits + misses) if hits + misses else None
+
+    def expire(self, now: float) -> None:
+        """Drop recommendations whose horizon passed without a purchase (no signal)."""
+        horizon = self.config.horizon_s
+        for user in [u for u, q in self.pending.items() if now - q[-1].served_at > horizon]:
+            self.expired += len(self.pending.pop(user))
+
+    def check(self, now: float) -> list[DriftAlert]:
+        self.expire(now)
+        alerts = []
+        version = self.detector_version
+        if version is not None and self.detector.n >= self.config.min_outcomes:
+            value = self.detector.statistic
+            self.last["page_hinkley_hit_rate"] = value
+            if self.alarms["page_hinkley_hit_rate"].check(value, now):
+                hits, misses = self.outcomes[version]
+                window = {"outcomes": hits + misses, "hit_rate": round(hits / (hits + misses), 4)}
+                alerts.append(self._alert("concept", "page_hinkley_hit_rate", value, version, window, now))
+                self.detector.reset()
+        reference = self.reference
+        if reference is not None and len(self.purchases) >= self.config.min_events:
+            actual, unknown_items = reference.actual(self.purchases)
+            stats = {
+                "psi_item_popularity": psi(reference.expected, actual),
+                "unknown_item_share": unknown_items,
+            }
+            if len(self.requests) >= self.config.min_events:
+                stats["unknown_user_share"] = sum(self.requests) / len(self.requests)
+            window = {
+                "events": len(self.purchases),
+                "requests": len(self.requests),
+                "from": self.window_start[0],
+                "to": self.window_start[-1],
+            }
+            for name, value in stats.items():
+                self.last[name] = value
+                if self.alarms[name].check(value, now):
+                    alerts.append(self._alert("data", name, value, reference.version, window, now))
+        return alerts
+
+    def _alert(
+        self, kind: str, statistic: str, value: float, version: int, window: dict[str, Any], now: float
+    ) -> DriftAlert:
+        threshold = self.alarms[statistic].threshold
+        return DriftAlert(kind, statistic, round(value, 6), threshold, version, dict(window), now)

@@ -1,0 +1,324 @@
+"""The streaming scorer on the real stack with a trained model.
+
+A CF model trained on a seed slice is published and activated by the updater on this
+module's own model server; `recstream scorer` runs as a subprocess on this module's
+topics, and requests go through the consumer-side client. The tests run in file order:
+the drift test comes last, so that what the earlier ones feed the drift tracker stays
+well below its minimum window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from ingest_helpers import Worker
+from kafka import KafkaConsumer, TopicPartition
+from kafka_helpers import create_topic
+from modelserver_helpers import Servers
+from prometheus_client.parser import text_string_to_metric_families
+
+from deploy.processes import free_port
+from recommender.client import NoAnswer, RecommendationClient
+from retrain import cf_model, savedmodel
+from retrain.dataset import Interactions, build_interactions, read_seed
+from retrain.job import reference_distributions
+from retrain.registry import ModelRegistry
+from stream.alerts import parse_drift_alert
+from stream.model_events import ACTIVATED, PUBLISHED, ModelEvent
+from stream.producer import EventProducer
+from stream.schemas import Transaction
+from stream.settings import Settings
+from stream.storage import make_client
+from updater.core import Updater
+
+pytestmark = pytest.mark.integration
+
+SLICE_ROWS = 20_000
+DRIFT_ENV = {
+    "DRIFT_CHECK_S": "1",
+    "DRIFT_WINDOW_EVENTS": "400",
+    "DRIFT_MIN_EVENTS": "200",
+    "DRIFT_MIN_OUTCOMES": "40",
+    "DRIFT_ALERT_COOLDOWN_S": "600",
+    "DRIFT_HORIZON_S": "600",
+}
+
+
+@dataclass
+class Scoring:
+    settings: Settings
+    servers: Servers
+    endpoint: str
+    client: RecommendationClient
+    scorer: Worker
+    metrics_port: int
+    train: Interactions
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        text = requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return None
+
+    def purchase(self, pairs: list[tuple[str, str]]) -> None:
+        with EventProducer(self.settings) as producer:
+            for user, item in pairs:
+                producer.send_transaction(Transaction(uuid.uuid4().hex, user, item, 1, time.time()))
+            producer.flush()
+
+
+def _topics(settings: Settings, model: str) -> dict[str, str]:
+    bootstrap, n = settings.kafka_bootstrap, settings.topic_partitions
+    return {
+        "transactions_topic": create_topic(bootstrap, f"{model}-transactions", partitions=n),
+        "requests_topic": create_topic(bootstrap, f"{model}-requests", partitions=n),
+        "recommendations_topic": create_topic(bootstrap, f"{model}-recommendations", partitions=n),
+        "model_updates_topic": create_topic(bootstrap, f"{model}-model-updates", partitions=1),
+        "drift_alerts_topic": create_topic(bootstrap, f"{model}-drift-alerts", partitions=1),
+    }
+
+
+@pytest.fixture(scope="module")
+def scoring(
+    settings: Settings, seed_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Scoring]:
+    root = tmp_path_factory.mktemp("scorer")
+    model = f"sc-{uuid.uuid4().hex[:8]}"
+    (root / "serving").mkdir()
+    servers = Servers(root / "serving", model)
+    scorer = client = None
+    try:
+        (endpoint,) = servers.start(1)
+        s = dataclasses.replace(
+            settings,
+            model_name=model,
+            model_base_path_setting=str(servers.root),
+            tf_serving_grpc=endpoint,
+            tf_serving_targets=None,
+            **_topics(settings, model),
+        )
+        train = build_interactions(read_seed(seed_file).iloc[:SLICE_ROWS])
+        trained = cf_model.train(train, dataclasses.replace(cf_model.Params(), epochs=3))
+        export = savedmodel.export(
+            trained, root / "export-1", 1, {"version": 1, "reference": reference_distributions(train)}, model
+        )
+        registry = ModelRegistry(make_client(s), s.models_bucket, model)
+        registry.upload_version(export, 1)
+        with EventProducer(s) as producer:
+            registry.announce(ModelEvent(PUBLISHED, model, 1, {}), producer, s.model_updates_topic)
+            updater = Updater(s, producer=producer)
+            try:
+                event = updater.process(1)
+            finally:
+                updater.close()
+        assert event is not None and event.event == ACTIVATED, event
+
+        port = free_port()
+        scorer = Worker(
+            s,
+            root / "scorer.log",
+            "scorer",
+            TF_SERVING_GRPC=endpoint,
+            SCORER_METRICS_PORT=str(port),
+            SCORER_DEADLINE_S="60",
+            **DRIFT_ENV,
+        )
+        client = RecommendationClient(s)
+        first = client.send("warm-up-user")
+        deadline = time.monotonic() + 120  # the group join and the first Predict
+        while True:
+            try:
+                client.wait([first], timeout_s=2)
+                break
+            except NoAnswer:
+                if not scorer.alive() or time.monotonic() > deadline:
+                    pytest.fail(f"the scorer did not answer: {(root / 'scorer.log').read_text()[-3000:]}")
+        yield Scoring(s, servers, endpoint, client, scorer, port, train)
+    finally:
+        if client is not None:
+            client.close()
+        if scorer is not None:
+            scorer.kill(signal.SIGTERM)
+        servers.kill_all()
+
+
+def _bought(train: Interactions, user: str) -> set[str]:
+    index = train.users.ids.index(user)
+    return {train.item_vocab.ids[i] for i in train.sequence(index)}
+
+
+def test_known_and_unknown_users(scoring: Scoring) -> None:
+    known = scoring.train.users.ids[:3]
+    ids = {scoring.client.send(user, k=7): user for user in [*known, "never-seen-1", "never-seen-2"]}
+    answers = scoring.client.wait(ids, timeout_s=60)
+    for request_id, user in ids.items():
+        answer = answers[request_id]
+        assert answer["user_id"] == user and answer["model_version"] == 1
+        assert len(answer["items"]) == len(answer["scores"]) == 7 == len(set(answer["items"]))
+        assert answer["scores"] == sorted(answer["scores"], reverse=True)
+        assert answer["latency_ms"] > 0
+        if user in known:
+            assert answer["fallback"] is False
+            assert not _bought(scoring.train, user) & set(answer["items"])
+        else:
+            assert answer["fallback"] is True
+    unknown = [answers[r] for r, user in ids.items() if user.startswith("never-seen")]
+    popularity = scoring.train.popularity()
+    popular = [scoring.train.item_vocab.ids[i] for i in np.argsort(-popularity, kind="stable")[:7]]
+    assert unknown[0]["items"] == unknown[1]["items"]
+    assert set(unknown[0]["items"]) == set(popular)
+
+
+def test_purchases_since_training_are_excluded_and_the_list_stays_k_long(scoring: Scoring) -> None:
+    user = scoring.train.users.ids[10]
+    before = scoring.client.request(user, k=10)
+    newly_bought = before["items"][:4]
+    scoring.purchase([(user, item) for item in newly_bought])
+    deadline = time.monotonic() + 60
+    while True:
+        after = scoring.client.request(user, k=10)
+        if not set(newly_bought) & set(after["items"]):
+            break
+        assert time.monotonic() < deadline, f"bought items still recommended: {after}"
+        time.sleep(0.5)
+    assert len(after["items"]) == 10
+    assert after["items"][:6] == before["items"][4:]  # the rest of the ranking moves up
+
+
+def _raw_records(settings: Settings, topic: str) -> list[dict[str, Any]]:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        out, idle = [], 0
+        while idle < 3:
+            batch = consumer.poll(timeout_ms=1000)
+            idle = 0 if batch else idle + 1
+            out += [json.loads(r.value) for records in batch.values() for r in records]
+        return out
+    finally:
+        consumer.close()
+
+
+def test_invalid_requests_get_error_answers(scoring: Scoring) -> None:
+    client = scoring.client
+    bad = {
+        "missing-user": {},
+        "k-zero": {"user_id": "u1", "k": 0},
+        "k-101": {"user_id": "u1", "k": 101},
+        "k-string": {"user_id": "u1", "k": "10"},
+        "k-float": {"user_id": "u1", "k": 2.5},
+        "user-int": {"user_id": 42},
+        "user-empty": {"user_id": ""},
+        "user-long": {"user_id": "x" * 300},
+    }
+    tag = uuid.uuid4().hex[:6]
+    for name, body in bad.items():
+        client.send_raw(json.dumps({"request_id": f"{tag}-{name}", **body}).encode(), f"{tag}-{name}")
+    huge = json.dumps({"request_id": f"{tag}-huge", "user_id": "x" * 100_000}).encode()  # refused unread
+    without_id = [b"not json", b"[1, 2]", b"\xff\xfe\x00", b'{"user_id": "u1"}', huge]
+    for value in without_id:
+        client.send_raw(value)
+    good = client.send("u1", k=3)  # valid requests in the same batches are still answered
+    answers = client.wait([f"{tag}-{name}" for name in bad] + [good], timeout_s=60)
+    assert len(answers.pop(good)["items"]) == 3
+    for answer in answers.values():
+        assert set(answer) == {"request_id", "error"} and answer["error"].startswith("invalid request:")
+    field = {name: answers[f"{tag}-{name}"]["error"] for name in bad}
+    assert "user_id: missing" in field["missing-user"] and "k:" in field["k-101"]
+    assert "longer than" in field["user-long"]
+    anonymous = [
+        r
+        for r in _raw_records(scoring.settings, scoring.settings.recommendations_topic)
+        if r.get("request_id") is None
+    ]
+    assert len(anonymous) == len(without_id) and all("error" in r for r in anonymous)
+    assert scoring.scorer.alive()
+
+
+def test_model_server_down_for_ten_seconds_loses_no_request(scoring: Scoring) -> None:
+    client = scoring.client
+    retries_before = scoring.metric("recstream_scorer_predict_retries_total") or 0.0
+    scoring.servers.kill(scoring.endpoint)
+    users = scoring.train.users.ids[100:200]
+    sent = []
+    started = time.monotonic()
+    for user in users:  # 100 requests over the 10 s outage
+        sent.append(client.send(user, k=5))
+        client.producer.flush()
+        time.sleep(max(0.0, started + len(sent) * 0.1 - time.monotonic()))
+    scoring.servers.restart(scoring.endpoint)
+    answers = client.wait(sent, timeout_s=120)
+    assert len(answers) == len(sent)
+    assert all(
+        "error" not in a and len(a["items"]) == 5 and a["model_version"] == 1 for a in answers.values()
+    )
+    assert max(a["latency_ms"] for a in answers.values()) > 5_000  # answered late, not lost
+    assert (scoring.metric("recstream_scorer_predict_retries_total") or 0.0) > retries_before
+
+
+def _alerts(scoring: Scoring) -> list[Any]:
+    return [
+        parse_drift_alert(json.dumps(r).encode())
+        for r in _raw_records(scoring.settings, scoring.settings.drift_alerts_topic)
+    ]
+
+
+def _round(scoring: Scoring, rng: np.random.Generator, hit_rate: float, pick: Any) -> None:
+    """50 known users ask, then each buys: a recommended item with `hit_rate`, else `pick(rng)`."""
+    users = rng.choice(scoring.train.users.ids[1000:], size=50, replace=False)
+    ids = {scoring.client.send(str(user), k=10): str(user) for user in users}
+    answers = scoring.client.wait(ids, timeout_s=60)
+    purchases = []
+    for request_id, user in ids.items():
+        items = answers[request_id]["items"]
+        purchases.append((user, items[0] if rng.random() < hit_rate else pick(rng, items)))
+    scoring.purchase(purchases)
+
+
+def test_a_stable_stream_raises_no_alert_and_a_launch_of_new_products_raises_both(scoring: Scoring) -> None:
+    rng = np.random.default_rng(3)
+    train = scoring.train
+    counts = np.bincount(train.items, minlength=train.n_items).astype(float)
+    share = counts / counts.sum()
+
+    def like_training(rng: np.random.Generator, recommended: list[str]) -> str:
+        while True:
+            item = train.item_vocab.ids[int(rng.choice(train.n_items, p=share))]
+            if item not in recommended:
+                return item
+
+    for _ in range(10):  # 500 purchases like the training data, a quarter of them hits
+        _round(scoring, rng, 0.25, like_training)
+    time.sleep(3)  # a few drift checks
+    assert _alerts(scoring) == []
+    psi_value = scoring.metric("recstream_drift_statistic", statistic="psi_item_popularity")
+    assert psi_value is not None and psi_value < 0.2  # judged, and quiet
+    assert scoring.metric("recstream_drift_outcomes", version="1", result="hit") > 50
+
+    launch_started = time.time()
+    for _ in range(8):  # a launch: every purchase is one of 20 new products
+        _round(scoring, rng, 0.0, lambda rng, _items: f"launch-{int(rng.integers(20))}")
+    deadline = time.monotonic() + 60
+    while {a.kind for a in _alerts(scoring)} != {"concept", "data"}:
+        assert time.monotonic() < deadline, f"alerts so far: {_alerts(scoring)}"
+        time.sleep(1)
+    alerts = _alerts(scoring)
+    assert all(a.ts >= launch_started and a.model_version == 1 and a.value > a.threshold for a in alerts)
+    statistics = sorted(a.statistic for a in alerts)
+    assert "page_hinkley_hit_rate" in statistics and "unknown_item_share" in statistics
+    assert len(statistics) == len(set(statistics))  # hysteresis: one alert per statistic

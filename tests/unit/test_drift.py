@@ -1,0 +1,124 @@
+"""Drift tracking logic: the hit join, Page-Hinkley, binned PSI, hysteresis and cooldown."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+
+from recommender.drift import Alarm, DriftConfig, DriftMonitor, PageHinkley, Reference, popularity_bins, psi
+
+ITEMS = [f"i{n}" for n in range(300)]
+SHARES = np.arange(300, 0, -1, dtype=float) / np.arange(300, 0, -1).sum()
+REFERENCE = Reference(1, dict(zip(ITEMS, SHARES.tolist(), strict=True)))
+CONFIG = DriftConfig(horizon_s=100, window_events=2000, min_events=500, min_outcomes=50, cooldown_s=0)
+
+
+def test_a_purchase_resolves_open_recommendations_within_the_horizon() -> None:
+    monitor = DriftMonitor(CONFIG)
+    monitor.served("a", ["x", "y"], version=1, fallback=False, now=10)
+    monitor.served("b", ["x"], version=1, fallback=False, now=10)
+    monitor.served("c", ["x"], version=1, fallback=False, now=10)
+    monitor.purchased("a", "y", now=20)  # hit
+    monitor.purchased("b", "z", now=30)  # miss
+    monitor.purchased("c", "x", now=200)  # too late: no signal
+    monitor.purchased("a", "x", now=40)  # already resolved by the first purchase
+    assert monitor.outcomes == {1: [1, 1]} and monitor.expired == 1
+    assert monitor.hit_rate(1) == 0.5
+
+
+def test_a_purchase_before_the_recommendation_does_not_resolve_it() -> None:
+    monitor = DriftMonitor(CONFIG)
+    monitor.served("a", ["x"], version=1, fallback=False, now=50)
+    monitor.purchased("a", "x", now=40)  # arrived late, made before the answer
+    assert monitor.outcomes == {}
+    monitor.purchased("a", "x", now=60)
+    assert monitor.outcomes == {1: [1, 0]}
+
+
+def test_page_hinkley_is_quiet_on_a_stable_rate_and_fires_on_a_fall() -> None:
+    rng = np.random.default_rng(7)
+    detector = PageHinkley(delta=0.05, threshold=15)
+    stable = [detector.update(float(x)) for x in rng.random(5000) < 0.25]
+    assert max(stable) < 15
+    fallen = [detector.update(float(x)) for x in rng.random(300) < 0.02]
+    first = next(i for i, value in enumerate(fallen) if value > 15)
+    assert first < 120  # about 75 outcomes after the fall at this rate
+
+
+def test_bins_have_about_equal_reference_mass_and_psi_is_zero_on_the_reference() -> None:
+    bins = popularity_bins(REFERENCE.item_share)
+    mass = np.zeros(10)
+    for item, share in REFERENCE.item_share.items():
+        mass[bins[item]] += share
+    assert np.all(np.abs(mass - 0.1) < 0.02)
+    assert bins["i0"] == 0 and bins["i299"] == 9
+    assert psi(REFERENCE.expected, REFERENCE.expected) == 0.0
+    assert psi([0.5, 0.5], [0.9, 0.1]) > 0.4
+
+
+def _sample(rng: np.random.Generator, n: int) -> list[str]:
+    return list(rng.choice(ITEMS, size=n, p=SHARES))
+
+
+def test_a_stable_stream_raises_no_alert_and_new_products_raise_data_alerts_once() -> None:
+    rng = np.random.default_rng(1)
+    monitor = DriftMonitor(dataclasses.replace(CONFIG, cooldown_s=1000))
+    monitor.set_reference(REFERENCE)
+    now = 0.0
+    for item in _sample(rng, 6000):  # sampled from the training distribution
+        now += 0.01
+        monitor.purchased(f"u{now}", item, now)
+        monitor.served(f"v{now}", ["i0"], version=1, fallback=rng.random() < 0.3, now=now)
+        if int(now * 100) % 500 == 0:
+            assert monitor.check(now) == []
+    assert monitor.last["psi_item_popularity"] < 0.05
+    alerts = []
+    for n in range(3000):  # a launch: everyone buys products the model never saw
+        now += 0.01
+        monitor.purchased(f"w{n}", f"new-{n % 20}", now)
+        if n % 100 == 0:
+            alerts += monitor.check(now)
+    assert sorted(a.statistic for a in alerts) == ["psi_item_popularity", "unknown_item_share"]
+    assert all(a.kind == "data" and a.model_version == 1 and a.value > a.threshold for a in alerts)
+    assert alerts[0].window["events"] == 2000
+
+
+def test_concept_alert_on_a_falling_hit_rate_then_no_storm() -> None:
+    rng = np.random.default_rng(2)
+    monitor = DriftMonitor(dataclasses.replace(CONFIG, cooldown_s=50))
+    now, alerts = 0.0, []
+    for phase_hit_rate in (0.3, 0.0):
+        for n in range(1500):
+            now += 0.1
+            user = f"u{n % 40}"
+            monitor.served(user, ["a", "b"], version=4, fallback=False, now=now)
+            monitor.purchased(user, "a" if rng.random() < phase_hit_rate else "z", now + 0.05)
+            if n % 20 == 0:
+                alerts += [(phase_hit_rate, a) for a in monitor.check(now)]
+    assert [phase for phase, _ in alerts][:1] == [0.0]  # nothing while the rate was stable
+    # After the first alert the detector restarts; the cooldown keeps it to one alert per 50 s.
+    times = [a.ts for _, a in alerts]
+    assert all(b - a >= 50 for a, b in itertools.pairwise(times))
+    first = alerts[0][1]
+    assert (first.kind, first.statistic, first.model_version) == ("concept", "page_hinkley_hit_rate", 4)
+    assert first.window["outcomes"] > 1500 and first.window["hit_rate"] < 0.3
+
+
+def test_a_new_version_restarts_the_detector() -> None:
+    monitor = DriftMonitor(CONFIG)
+    for n in range(100):
+        monitor.served("u", ["a"], version=1, fallback=False, now=n)
+        monitor.purchased("u", "z", n + 0.5)
+    assert monitor.detector.n == 100
+    monitor.served("u", ["a"], version=2, fallback=False, now=200)
+    monitor.purchased("u", "a", 200.5)
+    assert monitor.detector.n == 1 and monitor.detector_version == 2
+    assert monitor.outcomes == {1: [0, 100], 2: [1, 0]}
+
+
+def test_alarm_rearms_only_below_half_the_threshold() -> None:
+    alarm = Alarm(threshold=1.0, cooldown_s=0)
+    fired = [alarm.check(value, now) for now, value in enumerate([0.5, 1.2, 1.3, 0.8, 1.1, 0.4, 1.1])]
+    assert fired == [False, True, False, False, False, False, True]
