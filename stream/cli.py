@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     modelserver = sub.add_parser(
         "modelserver", help="run the embedded TF-Serving-compatible model server in the foreground"
     )
+    modelserver.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     modelserver.set_defaults(func=cmd_modelserver)
     return parser
 
@@ -244,13 +245,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
+    """One-shot retrain, or one step of it (`--step`) in the Kubeflow pipeline's run `--run-id`."""
     from rich.console import Console
     from rich.table import Table
 
-    from retrain.job import retrain_once
-
+    if args.step is not None and args.run_id is None:
+        args.usage_error("--step needs --run-id (the pipeline run the steps share)")
+    if args.run_id is not None and args.step is None:
+        args.usage_error("--run-id needs --step (data, train or publish)")
     settings = _settings(args)
-    settings.require("kafka_bootstrap")
+    if args.step in (None, "publish"):  # the steps before publish announce nothing
+        settings.require("kafka_bootstrap")
     settings.require("minio_endpoint")
     console = Console(stderr=True)
 
@@ -258,22 +263,56 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         figures = "  ".join(f"{name} {value:.4f}" for name, value in logs.items())
         console.print(f"epoch {epoch}/{epochs}  {figures}", highlight=False)
 
-    outcome = retrain_once(settings, progress=progress)
-    table = Table(title=f"{settings.model_name} version {outcome.version}: {outcome.event}")
-    for column in ("model", "HR@10", "NDCG@10", "coverage@10", "users"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for name, metrics in outcome.metrics.items():
-        table.add_row(
-            name,
-            f"{metrics['hr']:.4f}",
-            f"{metrics['ndcg']:.4f}",
-            f"{metrics['coverage']:.3f}",
-            f"{metrics['users']:,}",
+    def metrics_table(title: str, metrics: dict[str, dict[str, float]]) -> None:
+        table = Table(title=title)
+        for column in ("model", "HR@10", "NDCG@10", "coverage@10", "users"):
+            table.add_column(column, justify="left" if column == "model" else "right")
+        for name, values in metrics.items():
+            table.add_row(
+                name,
+                f"{values['hr']:.4f}",
+                f"{values['ndcg']:.4f}",
+                f"{values['coverage']:.3f}",
+                f"{values['users']:,}",
+            )
+        Console().print(table)
+
+    def timing(seconds: dict[str, float]) -> str:
+        return ", ".join(f"{step} {value:.1f}s" for step, value in seconds.items())
+
+    if args.step == "data":
+        from retrain.steps import data_step
+
+        console.print(f"run {args.run_id}: reading the landed transactions", highlight=False)
+        data = data_step(settings, args.run_id)
+        print(
+            f"data of run {data.run_id}: {data.window['events']:,} events, {data.train_events:,} to train "
+            f"on, {data.holdout_users:,} held-out users ({timing(data.seconds)}) in {data.where}"
         )
-    Console().print(table)
-    timing = ", ".join(f"{step} {seconds:.1f}s" for step, seconds in outcome.seconds.items())
+        return 0
+    if args.step == "train":
+        from retrain.steps import train_step
+
+        console.print(f"run {args.run_id}: training", highlight=False)
+        trained = train_step(settings, args.run_id, progress=progress)
+        candidate = trained.candidate
+        metrics_table(f"{settings.model_name} run {trained.run_id}: candidate", candidate.metrics)
+        print(
+            f"trained run {trained.run_id} ({timing(candidate.seconds)}): candidate in {trained.where}, "
+            f"exported as version {trained.provisional_version} (publish gives the next free number)"
+        )
+        return 0
+    if args.step == "publish":
+        from retrain.steps import publish_step
+
+        outcome = publish_step(settings, args.run_id)
+    else:
+        from retrain.job import retrain_once
+
+        outcome = retrain_once(settings, progress=progress)
+    metrics_table(f"{settings.model_name} version {outcome.version}: {outcome.event}", outcome.metrics)
     print(
-        f"{outcome.event} version {outcome.version} ({timing})"
+        f"{outcome.event} version {outcome.version} ({timing(outcome.seconds)})"
         + (f": {outcome.reason}" if outcome.reason else "")
     )
     return 0
@@ -351,6 +390,8 @@ def cmd_modelserver(args: argparse.Namespace) -> int:
             grpc_port,
             "--rest-port",
             rest_port,
+            "--host",
+            args.host,
             *MODELSERVER_ARGS,
         ]
     )

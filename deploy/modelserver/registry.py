@@ -6,7 +6,13 @@ per model at a time (load the highest new aspired version; unload an unaspired o
 only once an aspired version is AVAILABLE), so a model never goes dark during a swap.
 Every state change is recorded (the servable state monitor behind GetModelStatus)
 and logged. Requests resolve a version once and hold a reference to that servable;
-an unload waits until those references are released.
+an unload waits until those references are released, for at most `unload_wait_s`.
+
+Loads and unloads run on daemon threads. A failure that is not a load error (a bug)
+is logged and ends that version in END with the error; the manager goes on. Once the
+server stops, a reload answers UNAVAILABLE, and `stop()` waits only `stop_grace_s`
+for loads and unloads in progress: a load cannot be interrupted, so it is abandoned
+to the exiting process.
 
 Nothing here knows protos or TensorFlow: loading is the injected `load` callable.
 """
@@ -18,7 +24,6 @@ import enum
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -58,7 +63,7 @@ class Servable(Protocol):
 
     def acquire(self) -> None: ...
     def release(self) -> None: ...
-    def wait_idle(self) -> None: ...
+    def wait_idle(self, timeout: float | None = None) -> bool: ...
 
 
 Loader = Callable[[str, int, str], Any]
@@ -84,6 +89,12 @@ class Options:
     load_retry_interval_s: float = 60.0
     allow_labels_for_unavailable: bool = False
     load_threads: int = 2
+    # TF Serving waits for a version's requests without a bound; a stuck request would then
+    # block every later load and unload of its model. After this, the version is unloaded
+    # anyway: the requests still holding it keep their reference and finish on it.
+    unload_wait_s: float = 30.0
+    # On stop, how long loads and unloads in progress may still finish before they are abandoned.
+    stop_grace_s: float = 3.0
 
 
 def _describe(model: cfg.ModelConfig) -> str:
@@ -115,7 +126,8 @@ class Registry:
         self._states: dict[str, dict[int, VersionStatus]] = {}
         self._poll_errors: dict[str, str] = {}
         self._listeners: list[StateListener] = []
-        self._executor = ThreadPoolExecutor(options.load_threads, thread_name_prefix="servable-load")
+        self._slots = threading.BoundedSemaphore(max(options.load_threads, 1))  # loads/unloads at once
+        self._actions = 0  # loads and unloads started and not finished
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -136,13 +148,27 @@ class Registry:
             thread.start()
         self.reload(models)
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Stop; False when loads or unloads were still running after `stop_grace_s` (abandoned)."""
         self._stop.set()
         with self._lock:
             self._changed.notify_all()
         for thread in self._threads:
             thread.join(timeout=5)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            if self._changed.wait_for(lambda: not self._actions, self._options.stop_grace_s):
+                return True
+            running = [
+                f"{h.name} version {h.version} ({h.state.name})"
+                for harnesses in self._harnesses.values()
+                for h in harnesses.values()
+                if h.busy
+            ]
+        log.warning("stopping without waiting for the load or unload of %s", ", ".join(running) or "?")
+        return False
+
+    def _shutting_down(self) -> ServingError:
+        return ServingError(grpc.StatusCode.UNAVAILABLE, "The model server is shutting down")
 
     # -- config --------------------------------------------------------------------------------
     def reload(self, models: list[cfg.ModelConfig]) -> None:
@@ -152,6 +178,8 @@ class Registry:
         all of them); new versions of known models load in the background.
         """
         with self._reload_lock:
+            if self._stop.is_set():
+                raise self._shutting_down()
             with self._lock:
                 labels = self._checked_labels(models)
                 new = {m.name for m in models} - self._models.keys()
@@ -208,6 +236,8 @@ class Registry:
                         )
                 if pending:
                     self._changed.wait(0.5)
+        if pending:
+            raise self._shutting_down()
         if failed:
             raise ServingError(
                 grpc.StatusCode.UNKNOWN,
@@ -276,7 +306,10 @@ class Registry:
         with self._lock:
             while not self._stop.is_set():
                 for name in list(self._harnesses):
-                    self._manage(name)
+                    try:
+                        self._manage(name)
+                    except Exception:  # a bug must not stop every later load and unload
+                        log.exception("managing model %s failed", name)
                 self._changed.wait(0.5)
 
     def _manage(self, name: str) -> None:
@@ -298,15 +331,40 @@ class Registry:
         unaspired_serving = [h for h in harnesses.values() if not h.aspired and h.state == State.AVAILABLE]
         aspired_serving = any(h.state == State.AVAILABLE for h in aspired)
         if unaspired_serving and (not aspired or aspired_serving or len(unaspired_serving) > 1):
-            harness = min(unaspired_serving, key=lambda h: h.version)
-            harness.busy = True
-            self._executor.submit(self._unload, harness)
+            self._spawn("unload", self._unload, min(unaspired_serving, key=lambda h: h.version))
             return
         new = [h for h in aspired if h.state == State.START]
         if new:
-            harness = max(new, key=lambda h: h.version)
-            harness.busy = True
-            self._executor.submit(self._load_version, harness)
+            self._spawn("load", self._load_version, max(new, key=lambda h: h.version))
+
+    def _spawn(self, what: str, action: Callable[[_Harness], None], harness: _Harness) -> None:
+        """Run a load or unload on a daemon thread, so that one still running at exit is not waited for."""
+        harness.busy = True
+        self._actions += 1
+        thread = threading.Thread(
+            target=self._run, args=(what, action, harness), name=f"servable-{what}", daemon=True
+        )
+        thread.start()
+
+    def _run(self, what: str, action: Callable[[_Harness], None], harness: _Harness) -> None:
+        try:
+            with self._slots:
+                if not self._stop.is_set():
+                    action(harness)
+        except BaseException as exc:  # not a load error (those end the version in _load_version)
+            log.exception("unexpected error in the %s of %s version %d", what, harness.name, harness.version)
+            error = from_exception(exc)
+            with self._lock:
+                if harness.busy:  # left LOADING or UNLOADING: end it with the error, as TF Serving does
+                    harness.busy, harness.servable = False, None
+                    try:
+                        self._publish(harness, State.END, Status(error.code, error.message))
+                    except Exception:
+                        log.exception("state listener failed")
+        finally:
+            with self._lock:
+                self._actions -= 1
+                self._changed.notify_all()
 
     def _load_version(self, harness: _Harness) -> None:
         with self._lock:
@@ -343,7 +401,13 @@ class Registry:
             # Out of the serving map from here on: no new request can resolve to it.
             self._publish(harness, State.UNLOADING, Status())
             servable = harness.servable
-        servable.wait_idle()  # requests already holding it finish on it
+        if not servable.wait_idle(self._options.unload_wait_s):  # requests already holding it finish on it
+            log.warning(
+                "%s version %d: requests still running after %g s; unloading it anyway",
+                harness.name,
+                harness.version,
+                self._options.unload_wait_s,
+            )
         with self._lock:
             harness.servable = None
             harness.busy = False

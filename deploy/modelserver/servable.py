@@ -89,9 +89,10 @@ class Servable:
             if not self._users:
                 self._idle.notify_all()
 
-    def wait_idle(self) -> None:
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no request holds this version; False if some still do after `timeout`."""
         with self._idle:
-            self._idle.wait_for(lambda: self._users == 0)
+            return self._idle.wait_for(lambda: self._users == 0, timeout)
 
     # -- predict --------------------------------------------------------------------------------
     def signature(self, name: str) -> tuple[str, meta_graph_pb2.SignatureDef]:

@@ -3,7 +3,9 @@
 Flags take TF Serving's spellings too (--port, --rest_api_port, --model_base_path, ...),
 so the same command line drives either server. Like tensorflow_model_server, it loads
 the models found on disk before it listens, and a latest version that fails to load
-stops the start (exit status 1). SIGTERM/SIGINT stop it cleanly (exit status 0).
+stops the start (exit status 1). SIGTERM/SIGINT stop it cleanly (exit status 0): requests
+in flight get 5 s, loads in progress a short grace (registry.Options.stop_grace_s), after
+which they are abandoned rather than waited for.
 """
 
 from __future__ import annotations
@@ -102,8 +104,12 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
         grpc_server = make_server(registry, args.host, args.grpc_port, args.grpc_workers)
         rest = RestServer(registry, args.host, args.rest_port) if args.rest_port else None
     except (ServingError, OSError) as exc:
-        log.error("model server cannot start: %s", exc)
+        stopped = stop.is_set()  # before registry.stop() sets it: the initial load was cut short
         registry.stop()
+        if stopped:
+            log.info("stopped during the initial load")
+            return 0
+        log.error("model server cannot start: %s", exc)
         return 1
     if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
         threading.Thread(

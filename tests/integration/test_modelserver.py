@@ -37,11 +37,12 @@ from tensorflow_serving.apis import (
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_log_pb2,
     prediction_service_pb2_grpc,
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from deploy.modelserver import rest_healthy
+from deploy.modelserver import grpc_healthy, rest_healthy
 from deploy.processes import free_port
 
 pytestmark = pytest.mark.integration
@@ -86,12 +87,40 @@ def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT_S)
         time.sleep(0.05)
 
 
+def build_spinning_model(path: Path, model: str) -> Path:
+    """A version whose warmup request never ends (it counts to 10**12): a load that outlives any test."""
+
+    class Spinner(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([], tf.int64, name="n")])
+        def spin(self, n: tf.Tensor) -> dict[str, tf.Tensor]:
+            i = tf.constant(0, tf.int64)
+            while i < n:
+                i += 1
+            return {"count": i}
+
+    module = Spinner()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.spin})
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.inputs["n"].CopyFrom(tf.make_tensor_proto(10**12, dtype=tf.int64))
+    (path / "assets.extra").mkdir()
+    record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    with tf.io.TFRecordWriter(str(path / "assets.extra" / "tf_serving_warmup_requests")) as writer:
+        writer.write(record.SerializeToString())
+    return path
+
+
 # -- the server process and its clients ----------------------------------------------------------
 class ModelServer:
     def __init__(
-        self, base: Path, log_path: Path, model: str = "rec", config_file: Path | None = None
+        self,
+        base: Path,
+        log_path: Path,
+        model: str = "rec",
+        config_file: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
-        self.base, self.log_path, self.model = base, log_path, model
+        self.base, self.log_path, self.model, self.host = base, log_path, model, host
         self.proc: subprocess.Popen | None = None
         self.configs: dict[str, model_server_config_pb2.ModelConfig] = {}
         if config_file:
@@ -122,17 +151,19 @@ class ModelServer:
             "0.2",
             "--max-num-load-retries",
             "0",
+            "--host",
+            self.host,
         ]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+        self.channel = grpc.insecure_channel(f"{self.host}:{self.grpc_port}")
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
 
     def wait_healthy(self) -> None:
         def ready() -> bool:
             assert self.proc.poll() is None, f"server exited:\n{self.log()[-3000:]}"
-            return rest_healthy(f"127.0.0.1:{self.rest_port}", self.model, timeout=1.0)
+            return rest_healthy(f"{self.host}:{self.rest_port}", self.model, timeout=1.0)
 
         wait_until(ready, "the model server to answer", START_TIMEOUT_S)
 
@@ -218,7 +249,9 @@ class ModelServer:
     # REST
     def rest(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{self.rest_port}{path}", data=data, method=method)
+        request = urllib.request.Request(
+            f"http://{self.host}:{self.rest_port}{path}", data=data, method=method
+        )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, json.loads(response.read())
@@ -627,6 +660,51 @@ def test_config_file_mode_like_the_production_deployment(tmp_path: Path, exports
         pushed.version_labels.update({"stable": 1, "previous": 2})
         server.reload(pushed)  # pushed over gRPC only: the next poll of the file undoes it
         wait_until(lambda: server.recommend("rec", label="stable") == 2, "the file's labels to come back")
+        assert server.stop() == 0
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("when", ["initial load", "new version"])
+def test_sigterm_during_a_long_load_does_not_wait_for_it(
+    tmp_path: Path, exports: dict[Any, Path], when: str
+) -> None:
+    base = tmp_path / "rec"
+    base.mkdir()
+    spinning = build_spinning_model(tmp_path / "spinning", "rec")  # its warmup never ends
+    version = 1 if when == "initial load" else 2
+    if when == "new version":
+        place(exports[1], base, 1)
+    else:
+        place(spinning, base, 1)
+    server = ModelServer(base, tmp_path / "server.log")
+    try:
+        server.start()
+        if when == "new version":
+            server.wait_healthy()
+            place(spinning, base, 2)
+        wait_until(lambda: (version, "LOADING") in server.state_changes("rec"), "the load to start")
+        time.sleep(1.0)  # into its warmup
+        stopping = time.monotonic()
+        assert server.stop() == 0  # within stop()'s 20 s, not after the load
+        assert time.monotonic() - stopping < 15
+        log = server.log()
+        assert f"without waiting for the load or unload of rec version {version} (LOADING)" in log
+        assert ("stopped during the initial load" in log) == (when == "initial load")
+    finally:
+        server.kill()
+
+
+def test_host_sets_the_address_both_apis_listen_on(tmp_path: Path) -> None:
+    base = tmp_path / "rec"
+    base.mkdir()
+    server = ModelServer(base, tmp_path / "server.log", host="127.0.0.2")
+    try:
+        server.start()
+        server.wait_healthy()  # REST on 127.0.0.2
+        assert server.status("rec") == {}  # gRPC on 127.0.0.2
+        assert not rest_healthy(f"127.0.0.1:{server.rest_port}", "rec", timeout=1.0)
+        assert not grpc_healthy(f"127.0.0.1:{server.grpc_port}", "rec", timeout=1.0)
         assert server.stop() == 0
     finally:
         server.kill()

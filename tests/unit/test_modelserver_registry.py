@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -14,6 +18,11 @@ from deploy.modelserver.errors import ServingError
 from deploy.modelserver.registry import Options, Registry, State, Status
 
 DEADLINE_S = 10.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Bug(BaseException):
+    """Not a load error: something no loader is expected to raise."""
 
 
 class FakeServable:
@@ -31,22 +40,23 @@ class FakeServable:
             self._users -= 1
             self._idle.notify_all()
 
-    def wait_idle(self) -> None:
+    def wait_idle(self, timeout: float | None = None) -> bool:
         with self._idle:
-            self._idle.wait_for(lambda: self._users == 0)
+            return self._idle.wait_for(lambda: self._users == 0, timeout)
 
 
 class Harness:
     """A registry over a fake disk: {base_path: {version: path}}, with controllable loads."""
 
-    def __init__(self, **options) -> None:
+    def __init__(self, stop: threading.Event | None = None, **options) -> None:
         self.disk: dict[str, dict[int, str]] = {}
         self.failing: set[tuple[str, int]] = set()
+        self.bugs: dict[tuple[str, int], BaseException] = {}
         self.gates: dict[tuple[str, int], threading.Event] = {}
         self.loads: list[tuple[str, int]] = []
         self.events: list[tuple[str, int, State]] = []
         options = {"poll_wait_s": 0, "max_load_retries": 0, **options}
-        self.registry = Registry(self._load, Options(**options), list_versions=self._list)
+        self.registry = Registry(self._load, Options(**options), list_versions=self._list, stop=stop)
         self.registry.add_listener(self._record)
 
     def _list(self, base_path: str) -> dict[int, str]:
@@ -61,6 +71,8 @@ class Harness:
             assert gate.wait(DEADLINE_S)
         if (name, version) in self.failing:
             raise ServingError(grpc.StatusCode.DATA_LOSS, f"corrupt {path}")
+        if (name, version) in self.bugs:
+            raise self.bugs[name, version]
         return FakeServable(name, version)
 
     def _record(self, name: str, version: int, state: State, status: Status) -> None:
@@ -302,3 +314,152 @@ def test_a_version_wanted_again_while_it_unloads_is_loaded_again(h: Harness) -> 
     reload.join(DEADLINE_S)
     h.wait_for(lambda: h.state("m", 1) == State.AVAILABLE)
     assert h.loads.count(("m", 1)) == 2
+
+
+def test_the_manager_goes_on_after_an_unexpected_error(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    h.put("m", 1)
+    h.registry.start([model("m")])
+    manage, failures = h.registry._manage, []
+
+    def buggy(name: str) -> None:
+        if not failures:
+            failures.append(name)
+            raise RuntimeError("bug in the manager")
+        manage(name)
+
+    monkeypatch.setattr(h.registry, "_manage", buggy)
+    h.put("m", 2)
+    h.registry.poll()
+    h.wait_for(lambda: h.state("m", 2) == State.AVAILABLE and h.state("m", 1) == State.END)
+    assert failures == ["m"]
+    assert "managing model m failed" in caplog.text and "bug in the manager" in caplog.text
+
+
+@pytest.mark.parametrize("fault", ["listener", "loader"])
+def test_an_unexpected_error_in_a_load_ends_the_version_and_the_model_goes_on(
+    h: Harness, fault: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    h.put("m", 1)
+    h.registry.start([model("m")])
+    if fault == "listener":
+
+        def listener(name: str, version: int, state: State, status: Status) -> None:
+            if (name, version, state) == ("m", 2, State.LOADING):
+                raise RuntimeError("bug in the listener")
+
+        h.registry.add_listener(listener)
+    else:
+        h.bugs["m", 2] = Bug("bug in the loader")
+    h.put("m", 2)
+    h.registry.poll()
+    h.wait_for(lambda: h.state("m", 2) == State.END)  # not left LOADING
+    status = h.registry.status("m", 2)[0].status
+    assert status.code == grpc.StatusCode.UNKNOWN
+    assert f"bug in the {fault}" in status.message
+    assert h.latest("m") == 1
+    assert "unexpected error in the load of m version 2" in caplog.text
+    h.put("m", 3)  # the model's later loads and unloads still happen
+    h.registry.poll()
+    h.wait_for(lambda: h.state("m", 3) == State.AVAILABLE and h.state("m", 1) == State.END)
+
+
+def test_an_unload_waits_for_a_stuck_request_only_so_long(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness(unload_wait_s=0.2)
+    try:
+        h.put("m", 1)
+        h.registry.start([model("m")])
+        with h.registry.acquire("m") as stuck:
+            h.put("m", 2)
+            h.registry.poll()
+            h.wait_for(lambda: h.state("m", 1) == State.END)  # while the request still holds it
+            assert "m version 1: requests still running after 0.2 s; unloading it anyway" in caplog.text
+            h.put("m", 3)
+            h.registry.poll()
+            h.wait_for(lambda: h.state("m", 3) == State.AVAILABLE and h.state("m", 2) == State.END)
+            assert stuck.version == 1
+    finally:
+        h.registry.stop()
+    assert Options().unload_wait_s == 30.0
+
+
+def test_a_reload_while_the_server_stops_is_unavailable_and_changes_nothing() -> None:
+    stop = threading.Event()
+    h = Harness(stop=stop)
+    try:
+        h.put("m", 1, 2)
+        h.put("n", 1)
+        both = VersionPolicy("specific", versions=frozenset({1, 2}))
+        h.registry.start([model("m", both)])
+        h.wait_for(lambda: h.state("m", 1) == State.AVAILABLE)
+        h.registry.reload([model("m", both, stable=1)])
+        stop.set()  # SIGTERM: the gRPC server still answers while it drains
+        with pytest.raises(ServingError) as error:
+            h.registry.reload([model("m", both, stable=2), model("n")])
+        assert error.value.code == grpc.StatusCode.UNAVAILABLE
+        assert h.state("n", 1) is None
+        with h.registry.acquire("m", label="stable") as servable:
+            assert servable.version == 1
+    finally:
+        h.registry.stop()
+
+
+def test_a_reload_waiting_for_a_new_model_is_unavailable_once_the_server_stops() -> None:
+    stop = threading.Event()
+    h = Harness(stop=stop, stop_grace_s=0.1)
+    h.gates["n", 1] = gate = threading.Event()
+    try:
+        h.put("n", 1)
+        h.registry.start([])
+        errors: list[ServingError] = []
+
+        def reload() -> None:
+            try:
+                h.registry.reload([model("n")])
+            except ServingError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=reload)
+        thread.start()
+        h.wait_for(lambda: h.state("n", 1) == State.LOADING)
+        stop.set()
+        thread.join(DEADLINE_S)
+        assert [e.code for e in errors] == [grpc.StatusCode.UNAVAILABLE]  # not a success
+    finally:
+        gate.set()
+        h.registry.stop()
+
+
+def test_stop_does_not_wait_for_a_load_in_progress() -> None:
+    """A process whose registry is stopped during a long load exits after the grace, not after the load."""
+    script = textwrap.dedent(
+        """
+        import logging, threading, time
+        from deploy.modelserver.config import ModelConfig
+        from deploy.modelserver.registry import Options, Registry
+
+        logging.basicConfig()
+        loading = threading.Event()
+
+        def load(name, version, path):
+            loading.set()
+            time.sleep(120)  # like a TensorFlow load: cannot be interrupted
+
+        stop = threading.Event()
+        options = Options(poll_wait_s=0, stop_grace_s=0.5)
+        registry = Registry(load, options, list_versions=lambda path: {1: "/m/1"}, stop=stop)
+        threading.Thread(target=registry.start, args=([ModelConfig("m", "/m")],), daemon=True).start()
+        assert loading.wait(30)
+        stop.set()  # what SIGTERM does
+        print("all finished:", registry.stop(), flush=True)
+        """
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "all finished: False"
+    assert "without waiting for the load or unload of m version 1 (LOADING)" in result.stderr
+    assert time.monotonic() - started < 20
