@@ -4,10 +4,16 @@ read the window -> temporal holdout -> interactions on the active model's vocabu
 train (warm start) -> evaluate candidate, popularity and the active model on the same
 holdout -> gate -> export -> upload (atomic) -> `published` on model-updates.
 A refused candidate is announced `rejected` with the reason; its number is never reused.
+
+The run is three functions, the Kubeflow pipeline's steps (update data -> train -> publish):
+`prepare_data`, `train_and_evaluate` and `publish`. `retrain_once` calls them in sequence in
+one process; `retrain/steps.py` runs each in its own process (`recstream retrain --step`) and
+hands their results over through the object store.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -22,7 +28,7 @@ import pandas as pd
 from retrain.baselines import Popularity
 from retrain.dataset import Holdout, Interactions, build_interactions, temporal_holdout
 from retrain.evaluate import EvalSet, Metrics, evaluate_scores, evaluation_set
-from retrain.registry import ModelRegistry
+from retrain.registry import METADATA, ModelRegistry
 from stream.errors import RecstreamError
 from stream.model_events import PUBLISHED, REJECTED, ModelEvent
 from stream.settings import Settings
@@ -48,15 +54,36 @@ class Outcome:
 
 
 @dataclass
-class Candidate:
-    trained: Any  # retrain.cf_model.Trained
-    train: Interactions
+class Prepared:
+    """Step 1's result: the window's events split into training events and held-out items."""
+
     holdout: Holdout
     window: dict[str, Any]
+    seconds: dict[str, float]
+
+
+@dataclass
+class Candidate:
+    """Step 2's result: a trained and evaluated model, and what its metadata.json will say.
+
+    `summary` holds the metadata fields known once trained (window, counts, parameters,
+    reference distributions). `trained` (retrain.cf_model.Trained) is None when the candidate
+    was read back from another process's export (see `Exported`).
+    """
+
     metrics: dict[str, dict[str, float | int]]
     parent: int | None
     seconds: dict[str, float]
-    params: Any
+    summary: dict[str, Any]
+    trained: Any = None
+
+
+@dataclass(frozen=True)
+class Exported:
+    """A candidate already exported as a version directory whose graph is stamped `version`."""
+
+    directory: Path
+    version: int
 
 
 def read_window(settings: Settings, now: float | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -82,24 +109,33 @@ def read_window(settings: Settings, now: float | None = None) -> tuple[pd.DataFr
     return frame, window
 
 
-def train_candidate(
-    settings: Settings,
-    frame: pd.DataFrame,
-    window: dict[str, Any],
-    parent: tuple[int, Any] | None,
-    progress: Progress | None = None,
-    params: Any = None,
-) -> Candidate:
-    """Split, train (warm-started from `parent` = (version, Trained)) and evaluate on the holdout."""
-    from retrain import cf_model as model
+def prepare_data(settings: Settings, now: float | None = None) -> Prepared:
+    """Step 1 (update data): read the window and split it with the temporal holdout.
 
+    Raises NotEnoughData when it holds too few users to evaluate on.
+    """
     started = time.monotonic()
+    frame, window = read_window(settings, now)
     holdout = temporal_holdout(frame)
     if len(holdout.test) < settings.retrain_min_users:
         raise NotEnoughData(
             f"too little data to retrain: {len(frame):,} events give {len(holdout.test):,} users to "
             f"evaluate on, and RETRAIN_MIN_USERS is {settings.retrain_min_users:,}; no version made"
         )
+    return Prepared(holdout, window, {"data": round(time.monotonic() - started, 2)})
+
+
+def train_candidate(
+    prepared: Prepared,
+    parent: tuple[int, Any] | None,
+    progress: Progress | None = None,
+    params: Any = None,
+) -> Candidate:
+    """Train (warm-started from `parent` = (version, Trained)) and evaluate on the holdout."""
+    from retrain import cf_model as model
+
+    started = time.monotonic()
+    holdout = prepared.holdout
     parent_model = parent[1] if parent else None
     train = build_interactions(
         holdout.train,
@@ -107,7 +143,7 @@ def train_candidate(
         items=parent_model.items if parent_model else None,
     )
     evalset = evaluation_set(train, holdout.test)
-    prepared = time.monotonic()
+    prepared_at = time.monotonic()
     params = params if params is not None else model.Params()
     trained = model.train(train, params, parent=parent_model, progress=progress)
     trained_at = time.monotonic()
@@ -118,11 +154,35 @@ def train_candidate(
     if parent_model is not None:
         metrics["active"] = _parent_metrics(parent_model, train, evalset).as_dict()
     seconds = {
-        "prepare": round(prepared - started, 2),
-        "train": round(trained_at - prepared, 2),
+        **prepared.seconds,
+        "prepare": round(prepared_at - started, 2),
+        "train": round(trained_at - prepared_at, 2),
         "evaluate": round(time.monotonic() - trained_at, 2),
     }
-    return Candidate(trained, train, holdout, window, metrics, parent[0] if parent else None, seconds, params)
+    summary = {
+        "window": prepared.window,
+        "counts": {
+            "events": len(holdout.train) + len(holdout.test),
+            "train_events": len(holdout.train),
+            "holdout_users": len(holdout.test),
+            "users": train.n_users,
+            "items": train.n_items,
+        },
+        "parameters": params.as_dict(),
+        "reference": reference_distributions(train),
+    }
+    return Candidate(metrics, parent[0] if parent else None, seconds, summary, trained)
+
+
+def train_and_evaluate(
+    prepared: Prepared,
+    registry: ModelRegistry,
+    workdir: Path,
+    progress: Progress | None = None,
+    params: Any = None,
+) -> Candidate:
+    """Step 2 (train): warm-start from the active version (if any), train, evaluate."""
+    return train_candidate(prepared, load_active(registry, workdir), progress, params)
 
 
 def _parent_metrics(parent: Any, train: Interactions, evalset: EvalSet) -> Metrics:
@@ -173,17 +233,8 @@ def metadata(settings: Settings, candidate: Candidate, version: int) -> dict[str
         "created": time.time(),
         "parent_version": candidate.parent,
         "metrics": candidate.metrics,
-        "window": candidate.window,
-        "counts": {
-            "events": len(candidate.holdout.train) + len(candidate.holdout.test),
-            "train_events": len(candidate.holdout.train),
-            "holdout_users": len(candidate.holdout.test),
-            "users": candidate.train.n_users,
-            "items": candidate.train.n_items,
-        },
-        "parameters": candidate.params.as_dict(),
-        "seconds": candidate.seconds,
-        "reference": reference_distributions(candidate.train),
+        "seconds": dict(candidate.seconds),
+        **candidate.summary,
     }
 
 
@@ -198,46 +249,80 @@ def load_active(registry: ModelRegistry, workdir: Path) -> tuple[int, Any] | Non
     return active, model.load(directory)
 
 
+def export_candidate(
+    settings: Settings, candidate: Candidate, version: int, workdir: Path, exported: Exported | None = None
+) -> Path:
+    """The version directory of `candidate` as `version`, in `workdir` unless `exported` already is it.
+
+    An export stamped with another number (taken meanwhile by another run) is exported again from
+    the model state saved beside it.
+    """
+    from retrain import cf_model as model
+    from retrain import savedmodel as export
+
+    meta = metadata(settings, candidate, version)
+    if exported is not None and exported.version == version:
+        (exported.directory / METADATA).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        return exported.directory
+    trained = candidate.trained
+    if trained is None:
+        if exported is None:
+            raise ValueError("a candidate without its model needs its export")
+        log.info(
+            "version %d was taken since the candidate was exported: exporting it again as %d",
+            exported.version,
+            version,
+        )
+        trained = model.load(exported.directory)
+    return export.export(trained, workdir / str(version), version, meta, settings.model_name)
+
+
+def publish(
+    settings: Settings,
+    registry: ModelRegistry,
+    candidate: Candidate,
+    workdir: Path,
+    exported: Exported | None = None,
+    announcing: Callable[[Outcome], None] | None = None,
+) -> Outcome:
+    """Step 3 (publish): gate; upload as the next version and announce `published`, or announce
+    `rejected` with the reason. `announcing` gets the outcome just before it is announced."""
+    from stream.producer import EventProducer
+
+    reason = gate(candidate.metrics, settings.gate_tolerance)
+    version = registry.next_version()
+    flat = _flat_metrics(candidate.metrics)
+    with EventProducer(settings, client_id="recstream-retrain") as producer:
+        if reason is not None:
+            event = ModelEvent(REJECTED, settings.model_name, version, flat, reason=f"gate: {reason}")
+            outcome = Outcome(REJECTED, version, candidate.metrics, event.reason, candidate.seconds)
+        else:
+            started = time.monotonic()
+            directory = export_candidate(settings, candidate, version, workdir, exported)
+            registry.upload_version(directory, version)
+            candidate.seconds["export"] = round(time.monotonic() - started, 2)
+            event = ModelEvent(PUBLISHED, settings.model_name, version, flat)
+            outcome = Outcome(PUBLISHED, version, candidate.metrics, None, candidate.seconds)
+        if announcing is not None:
+            announcing(outcome)
+        registry.announce(event, producer, settings.model_updates_topic)
+    return outcome
+
+
 def retrain_once(settings: Settings, progress: Progress | None = None, params: Any = None) -> Outcome:
-    """One retrain now (`params`: retrain.cf_model.Params, default ones when None).
+    """One retrain now (`params`: retrain.cf_model.Params, default ones when None): the three
+    steps in this process.
 
     Raises NotEnoughData when the window is too small to train and judge a model.
     """
-    from retrain import savedmodel as export
-    from stream.producer import EventProducer
     from stream.storage import make_client
 
     registry = ModelRegistry(make_client(settings), settings.models_bucket, settings.model_name)
     with tempfile.TemporaryDirectory(prefix="recstream-retrain-") as tmp:
         workdir = Path(tmp)
-        frame, window = read_window(settings)
-        parent = load_active(registry, workdir)
-        candidate = train_candidate(settings, frame, window, parent, progress, params)
-        reason = gate(candidate.metrics, settings.gate_tolerance)
-        version = registry.next_version()
-        flat = _flat_metrics(candidate.metrics)
-        with EventProducer(settings, client_id="recstream-retrain") as producer:
-            if reason is not None:
-                event = ModelEvent(REJECTED, settings.model_name, version, flat, reason=f"gate: {reason}")
-                registry.announce(event, producer, settings.model_updates_topic)
-                return Outcome(REJECTED, version, candidate.metrics, event.reason, candidate.seconds)
-            started = time.monotonic()
-            directory = workdir / str(version)
-            export.export(
-                candidate.trained,
-                directory,
-                version,
-                metadata(settings, candidate, version),
-                settings.model_name,
-            )
-            registry.upload_version(directory, version)
-            candidate.seconds["export"] = round(time.monotonic() - started, 2)
-            registry.announce(
-                ModelEvent(PUBLISHED, settings.model_name, version, flat),
-                producer,
-                settings.model_updates_topic,
-            )
-    return Outcome(PUBLISHED, version, candidate.metrics, None, candidate.seconds)
+        prepared = prepare_data(settings)
+        candidate = train_and_evaluate(prepared, registry, workdir, progress, params)
+        return publish(settings, registry, candidate, workdir)
 
 
 def _flat_metrics(metrics: dict[str, dict[str, float | int]]) -> dict[str, float | int]:

@@ -86,18 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(func=cmd_ingest)
 
-    from retrain.steps import STEPS, check_run_id  # light: no pandas or TensorFlow at import
+    def run_id(text: str) -> str:
+        from retrain.steps import check_run_id
+
+        return check_run_id(text)
 
     retrain = sub.add_parser("retrain", help="one retrain now: train, gate, export, publish")
     retrain.add_argument(
         "--step",
-        choices=STEPS,
+        choices=("data", "train", "publish"),  # retrain.steps.STEPS
         help="run one step of the Kubeflow pipeline (with --run-id): data = read the window and "
         "split it; train = train and evaluate a candidate; publish = gate and publish or reject it",
     )
     retrain.add_argument(
         "--run-id",
-        type=_arg(check_run_id),
+        type=_arg(run_id),
         metavar="ID",
         help="the pipeline run whose steps hand over through the object store (with --step)",
     )
@@ -299,7 +302,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         metrics_table(f"{settings.model_name} run {trained.run_id}: candidate", candidate.metrics)
         print(
             f"trained run {trained.run_id} ({timing(candidate.seconds)}): candidate in {trained.where}, "
-            f"exported as version {trained.provisional_version} (publish gives the next free number)"
+            f"stamped version {trained.provisional_version} (publish re-exports it if that number is taken)"
         )
         return 0
     if args.step == "publish":

@@ -3,13 +3,18 @@
 The reference talk's recurring pipeline, run with the recstream image. Each step is
 `recstream retrain --step STEP --run-id RUN_ID` in its own pod; the steps hand their results
 over through the object store under the run's id (the KFP run id), not through KFP artifacts:
+`<MODEL_NAME>/_runs/<run id>/` in MODELS_BUCKET (retrain/steps.py), removed by publish.
 
-1. update-data: read the training window of ingested transactions from the data bucket, build
-   the implicit-feedback interactions and the temporal holdout, store them for this run.
-2. train: train (warm start from the active version), evaluate against the popularity baseline
-   and the active model on the same holdout, export the candidate SavedModel for this run.
+1. update-data: read the training window of ingested transactions from the data bucket and
+   split it with the temporal holdout; store the training events and held-out items (Parquet).
+2. train: build the interactions on the active version's vocabulary, train (warm start from the
+   active version), evaluate against the popularity baseline and the active model on the same
+   holdout, export the candidate SavedModel for this run.
 3. publish: gate the candidate, register it as the next version in the models bucket and send
    `published` or `rejected` on model-updates (the updater takes it from there).
+
+The work is the same code as one-shot `recstream retrain` (retrain/job.py). Retries are safe: a
+step run again replaces its own output, and a publish retried after it announced only cleans up.
 
 Every step reads its settings from the ConfigMap recstream-settings and its credentials from the
 Secret recstream-minio (deploy/k8s), which must exist in the namespace the pipeline runs in.

@@ -8,6 +8,7 @@ ports, topics, the pipeline's three steps).
 import ast
 import contextlib
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -527,6 +528,30 @@ def test_pipeline_has_the_three_steps_in_order(pipeline):
         assert container["args"][:3] == ["retrain", "--step", step]
         assert container["args"][0] in CLI_COMMANDS
         assert task["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+
+
+def test_pipeline_commands_parse_with_the_cli(pipeline):
+    """Each step's container runs a command the real `recstream` parser accepts, once KFP has put the
+    run id (`{{$.pipeline_job_uuid}}`, a UUID) in place of the input parameter."""
+    from retrain.steps import STEPS as RETRAIN_STEPS
+    from stream.cli import build_parser, cmd_retrain
+
+    spec, _ = pipeline
+    placeholder = "{{$.inputs.parameters['run_id']}}"
+    run_id = str(uuid.uuid4())
+    parsed = {}
+    for task_name, task in spec["root"]["dag"]["tasks"].items():
+        executor = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        container = spec["deploymentSpec"]["executors"][executor]["container"]
+        assert container["command"] == ["recstream"]
+        assert container["args"].count(placeholder) == 1, container["args"]
+        argv = [run_id if arg == placeholder else arg for arg in container["args"]]
+        args = build_parser().parse_args(argv)
+        assert args.func is cmd_retrain
+        assert args.step is not None and args.run_id == run_id  # cmd_retrain needs both
+        parsed[task_name] = args.step
+    assert parsed == STEPS
+    assert set(parsed.values()) == set(RETRAIN_STEPS)
 
 
 def test_pipeline_yaml_matches_pipeline_py(pipeline):
