@@ -132,8 +132,9 @@ class Trained:
         arrays = {f"w{i}": w for i, w in enumerate(self.keras_model.get_weights())}
         np.savez_compressed(
             path,
-            users=np.asarray(self.users.ids, dtype=object),
-            items=np.asarray(self.items.ids, dtype=object),
+            # IDs as JSON text, not object arrays: loading a version must never unpickle.
+            users=np.asarray(json.dumps(self.users.ids)),
+            items=np.asarray(json.dumps(self.items.ids)),
             params=np.asarray(json.dumps(self.params.as_dict())),
             histories=self.histories,
             bought=self.bought,
@@ -144,9 +145,10 @@ class Trained:
 
 def load(directory: Path) -> Trained:
     """The model of an exported version directory, for warm start and comparison."""
-    with np.load(directory / STATE_FILE, allow_pickle=True) as state:
+    with np.load(directory / STATE_FILE, allow_pickle=False) as state:
         params = Params(**json.loads(str(state["params"])))
-        users, items = Vocabulary(state["users"].tolist()), Vocabulary(state["items"].tolist())
+        users = Vocabulary(json.loads(str(state["users"])))
+        items = Vocabulary(json.loads(str(state["items"])))
         weights = [state[f"w{i}"] for i in range(sum(1 for k in state.files if k.startswith("w")))]
         keras_model = build_keras(len(users), len(items), params)
         keras_model.set_weights(weights)
