@@ -16,12 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# The main job on the embedded stack: start it, then replay the seed purchases into it.
+# The main job on the embedded stack: every service, the seed replayed, the loop shown live
+# (Ctrl-C stops it all; `make run ARGS="--for 300"` stops by itself and writes a summary).
 run: bootstrap
-	$(BIN)/recstream up --infra
-	$(BIN)/recstream produce $(SEED)
-	$(BIN)/recstream status
-	@echo "stack left running; stop it with: $(BIN)/recstream down"
+	$(BIN)/recstream up --demo --seed $(SEED) $(ARGS)
 
 test: bootstrap
 	$(BIN)/python -m pytest

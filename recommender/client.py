@@ -79,11 +79,21 @@ class RecommendationClient:
             if left <= 0:
                 missing = len(wanted - self.received.keys())
                 raise NoAnswer(f"no answer to {missing} of {len(wanted)} requests within {timeout_s:g}s")
-            for records in self.consumer.poll(timeout_ms=int(min(left, 1.0) * 1000)).values():
-                for record in records:
-                    self._keep(record.value)
+            self._read(min(left, 1.0))
         self.sent -= wanted
         return {request_id: self.received.pop(request_id) for request_id in wanted}
+
+    def poll(self, timeout_s: float = 1.0) -> list[dict[str, Any]]:
+        """The answers to any sent request that arrived by now (each once), for streaming callers."""
+        self._read(timeout_s)
+        arrived = [self.received.pop(request_id) for request_id in list(self.received)]
+        self.sent.difference_update(answer["request_id"] for answer in arrived)
+        return arrived
+
+    def _read(self, timeout_s: float) -> None:
+        for records in self.consumer.poll(timeout_ms=int(timeout_s * 1000)).values():
+            for record in records:
+                self._keep(record.value)
 
     def request(self, user_id: str, k: int = DEFAULT_K, timeout_s: float = 30.0) -> dict[str, Any]:
         request_id = self.send(user_id, k)

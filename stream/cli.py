@@ -19,6 +19,7 @@ from stream.errors import RecstreamError
 from stream.settings import load_settings, parse_log_level, positive_float, positive_int
 
 T = TypeVar("T")
+DEFAULT_SEED = Path(__file__).resolve().parents[2] / "shared" / "data" / "transactions.csv"
 
 log = logging.getLogger("recstream")
 
@@ -64,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start only the infrastructure (broker, object store, model server)",
     )
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help="also replay the seed data, ask for recommendations and show the loop live",
+    )
+    up.add_argument("--for", dest="for_s", type=_arg(positive_float), metavar="SECONDS", help="stop after")
+    up.add_argument(
+        "--rate", type=_arg(positive_float), default=200.0, help="demo: purchases per second (default 200)"
+    )
+    up.add_argument("--seed", type=Path, default=None, help="demo: the seed file (default ../shared/data)")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop what `up` started")
@@ -160,35 +171,150 @@ def _stack(args: argparse.Namespace):
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    if not args.infra:
-        # The supervisor of all services (ingest, scheduler, updater, scorer) is not built yet.
-        raise RecstreamError("only `recstream up --infra` is available so far; run services one by one")
+    if args.infra and (args.demo or args.for_s):
+        raise RecstreamError("--infra starts only the infrastructure; --demo and --for need the services")
+    if args.for_s and not args.demo:
+        raise RecstreamError("--for goes with --demo")
     stack = _stack(args)
+    already = {part.name for part in stack.status() if part.pid}
     settings = stack.up()
     for part in stack.status():
         origin = f"pid {part.pid}" if part.managed else "configured"
         print(f"{part.name:<12} {part.endpoint:<22} {origin}")
     print(f"endpoints written to {settings.stack_env_path}")
+    if args.infra:
+        return 0
+    try:
+        return _supervise(args, settings)
+    finally:
+        for part in stack.status():  # what this command started goes with it
+            if part.pid and part.name not in already:
+                stack.stop_part(part.name)
+
+
+def _supervise(args: argparse.Namespace, settings) -> int:
+    """Run every service (and the demo) in the foreground until Ctrl-C, SIGTERM or --for."""
+    import signal
+    import threading
+    import time
+
+    from deploy import demo as demo_mode
+    from deploy import observe
+    from deploy.supervisor import Supervisor, read_state
+
+    if read_state(settings.home):
+        raise RecstreamError(f"the services of {settings.home} already run: `recstream down` first")
+    seed = args.seed or DEFAULT_SEED
+    if args.demo and not seed.is_file():
+        raise RecstreamError(f"seed file not found: {seed} (give one with --seed)")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    supervisor = Supervisor(settings, env=demo_mode.DEMO_ENV if args.demo else None)
+    supervisor.start()
+    demo = None
+    started = time.monotonic()
+    try:
+        if args.demo:
+            demo = demo_mode.Demo(settings, seed, args.rate)
+            demo.start(stop)
+        _watch(settings, supervisor, demo, stop, started, args.for_s)
+    finally:
+        stop.set()
+        if demo is not None:
+            demo.join()
+        snap = observe.snapshot(settings) if demo is not None else None
+        supervisor.stop()
+    if demo is not None and snap is not None:
+        body = demo_mode.summary(demo, snap, time.monotonic() - started)
+        path = demo_mode.write_summary(settings, body)
+        print(json.dumps(body, indent=1))
+        print(f"summary written to {path}")
     return 0
 
 
+def _watch(settings, supervisor, demo, stop, started: float, for_s: float | None) -> None:
+    """Supervise and show the figures: a live table on a terminal, a line every 10 s otherwise."""
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from deploy import demo as demo_mode
+    from deploy import observe
+
+    console = Console()
+    before = observe.snapshot(settings)
+    live = Live(console=console, refresh_per_second=1) if console.is_terminal else None
+    last_line = 0.0
+    with live or _nothing():
+        while not stop.wait(2.0):
+            for event in supervisor.poll():
+                console.print(event)
+            now = time.monotonic()
+            if for_s and now - started >= for_s:
+                break
+            after = observe.snapshot(settings)
+            rates = observe.rates(before, after)
+            before = after
+            if demo is not None and after.active_version is not None:
+                demo.asking.set()
+            if live is not None:
+                live.update(demo_mode.render(after, rates, demo, now - started))
+            elif now - last_line >= 10:
+                figures = observe.figures(after, rates)
+                console.print(
+                    f"[{now - started:,.0f}s] " + " | ".join(f"{k}: {v}" for k, v in figures.items())
+                )
+                last_line = now
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 def cmd_down(args: argparse.Namespace) -> int:
-    stopped = _stack(args).down()
+    from deploy.supervisor import stop_running
+
+    stack = _stack(args)
+    services = stop_running(stack.home)
+    stopped = (["services"] if services else []) + stack.down()
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    parts = _stack(args).status()
+    import time
+
+    from deploy import observe
+
+    stack = _stack(args)
+    parts = stack.status()
+    healthy = all(part.healthy for part in parts)
+    snap = rates = None
+    if healthy:
+        settings = stack.settings()
+        before = observe.snapshot(settings)
+        time.sleep(1.0)
+        snap = observe.snapshot(settings)
+        rates = observe.rates(before, snap)
     if args.json:
-        print(json.dumps({"parts": [asdict(part) for part in parts]}))
+        body: dict = {"parts": [asdict(part) for part in parts]}
+        if snap is not None:
+            body |= {"snapshot": snap.to_dict(), "rates": rates}
+        print(json.dumps(body))
     else:
         for part in parts:
             health = "healthy" if part.healthy else "DOWN"
             where = part.endpoint or "-"
             origin = (f"pid {part.pid}" if part.pid else "not running") if part.managed else "configured"
             print(f"{part.name:<12} {where:<22} {origin:<12} {health}")
-    return 0 if all(part.healthy for part in parts) else 1
+        if snap is not None:
+            for name, value in observe.figures(snap, rates).items():
+                print(f"{name:<16} {value}")
+    return 0 if healthy else 1
 
 
 def cmd_produce(args: argparse.Namespace) -> int:

@@ -1,0 +1,157 @@
+"""`recstream up --demo`: replay the seed into the running system and watch the loop turn.
+
+The seed's purchases are sent in file order at a steady rate. Once a model version is
+active, a customer who bought before is asked for recommendations `lead` purchases (of
+anyone) before their next one, so the answer can be judged by what they buy next: the
+demo's own hit rate. A live view (rich)
+shows what `recstream status` shows, refreshed; `--for` ends the demo and writes
+`$RECSTREAM_HOME/demo-summary.json`.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from deploy import observe
+from stream.schemas import Transaction
+from stream.settings import Settings
+from stream.sources import Rejected, read_events
+
+log = logging.getLogger(__name__)
+
+DEMO_ENV = {"RETRAIN_INTERVAL_S": "60"}
+
+
+@dataclass
+class DemoCounts:
+    events_produced: int = 0
+    requests_sent: int = 0
+    recommendations_served: int = 0  # answers with items
+    errors: int = 0
+    hits: int = 0
+
+
+class Demo:
+    def __init__(self, settings: Settings, seed: Path, rate: float, lead_s: float = 2.0) -> None:
+        self.settings, self.seed, self.rate = settings, seed, rate
+        self.lead = max(int(rate * lead_s), 1)  # purchases between a request and the one it is judged by
+        self.counts = DemoCounts()
+        self.expected: dict[str, str] = {}  # request_id -> the product the customer buys next
+        self.threads: list[threading.Thread] = []
+        self.failure: str | None = None
+        self.asking = threading.Event()  # set once a version is active: before that, answers are errors
+
+    def start(self, stop: threading.Event) -> None:
+        from recommender.client import RecommendationClient
+
+        self.client = RecommendationClient(self.settings)
+        for target in (self._replay, self._answers):
+            thread = threading.Thread(target=self._guarded, args=(target, stop), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=10)
+        self.client.close()
+
+    def _guarded(self, target: Any, stop: threading.Event) -> None:
+        try:
+            target(stop)
+        except Exception as exc:  # shown in the view; the services go on
+            log.exception("demo %s failed", target.__name__)
+            self.failure = f"{type(exc).__name__}: {exc}"
+
+    def _replay(self, stop: threading.Event) -> None:
+        ahead: collections.deque[Transaction] = collections.deque()
+        seen: set[str] = set()
+        started = time.monotonic()
+        for _, event in read_events(self.seed):
+            if stop.is_set():
+                break
+            if isinstance(event, Rejected):
+                continue
+            if event.user_id in seen and self.asking.is_set():  # ask now, judge by this purchase
+                request_id = self.client.send(event.user_id, k=10)
+                self.expected[request_id] = event.item_id
+                self.counts.requests_sent += 1
+            seen.add(event.user_id)
+            ahead.append(event)
+            if len(ahead) > self.lead:
+                self._send(ahead.popleft(), started)
+        while ahead and not stop.is_set():
+            self._send(ahead.popleft(), started)
+        self.client.producer.flush()
+        log.info("demo: the seed is replayed (%d events)", self.counts.events_produced)
+
+    def _send(self, event: Transaction, started: float) -> None:
+        due = started + self.counts.events_produced / self.rate
+        if (wait := due - time.monotonic()) > 0:
+            time.sleep(wait)
+        # A fresh timestamp: the seed has none, and the drift tracker joins on arrival time.
+        self.client.producer.send_transaction(
+            Transaction(event.event_id, event.user_id, event.item_id, 1, time.time())
+        )
+        self.counts.events_produced += 1
+
+    def _answers(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            for answer in self.client.poll(1.0):
+                expected = self.expected.pop(answer["request_id"], None)
+                if "error" in answer:
+                    self.counts.errors += 1
+                    continue
+                self.counts.recommendations_served += 1
+                self.counts.hits += expected in answer["items"]
+
+    def hit_rate(self) -> float | None:
+        served = self.counts.recommendations_served
+        return round(self.counts.hits / served, 4) if served else None
+
+
+def summary(demo: Demo, snap: observe.Snapshot, seconds: float) -> dict[str, Any]:
+    return {
+        "seconds": round(seconds, 1),
+        "events_produced": demo.counts.events_produced,
+        "events_ingested": int(snap.events_ingested),
+        "versions_activated": snap.versions_activated,
+        "recommendations_served": demo.counts.recommendations_served,
+        "hit_rate": demo.hit_rate(),
+        "requests_sent": demo.counts.requests_sent,
+        "request_errors": demo.counts.errors,
+        "drift_alerts": int(snap.drift_alerts),
+        "active_version": snap.active_version,
+    }
+
+
+def write_summary(settings: Settings, body: dict[str, Any]) -> Path:
+    path = settings.home / "demo-summary.json"
+    path.write_text(json.dumps(body, indent=1) + "\n")
+    return path
+
+
+def render(snap: observe.Snapshot, rates: dict[str, float], demo: Demo | None, elapsed: float) -> Any:
+    """The live view: one table of the figures `recstream status` prints."""
+    from rich.table import Table
+
+    table = Table(title=f"recstream — {elapsed:,.0f}s", show_header=False, min_width=60)
+    table.add_column(style="bold")
+    table.add_column()
+    for name, row in observe.figures(snap, rates).items():
+        table.add_row(name, row)
+    if demo is not None:
+        counts = asdict(demo.counts)
+        table.add_row(
+            "demo",
+            f"{counts['events_produced']:,} sent, {counts['requests_sent']:,} asked, "
+            f"{counts['recommendations_served']:,} answered, hit rate {demo.hit_rate() or 0:.3f}"
+            + (f"  FAILED: {demo.failure}" if demo.failure else ""),
+        )
+    return table
