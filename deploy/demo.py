@@ -1,9 +1,9 @@
 """`recstream up --demo`: replay the seed into the running system and watch the loop turn.
 
 The seed's purchases are sent in file order at a steady rate. Once a model version is
-active, a customer who bought before is asked for recommendations `lead` purchases (of
-anyone) before their next one, so the answer can be judged by what they buy next: the
-demo's own hit rate. A live view (rich)
+active, a customer whose earlier purchases are all sent is asked for recommendations about
+`lead_s` before their next one, so the answer can be judged by what they buy next: the
+demo's own hit rate (the scorer's online hit rate judges it the same way). A live view (rich)
 shows what `recstream status` shows, refreshed; `--for` ends the demo and writes
 `$RECSTREAM_HOME/demo-summary.json`.
 """
@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ class Demo:
         self.expected: dict[str, str] = {}  # request_id -> the product the customer buys next
         self.threads: list[threading.Thread] = []
         self.failure: str | None = None
+        self.sent_users: set[str] = set()
+        self.client: Any = None
         self.asking = threading.Event()  # set once a version is active: before that, answers are errors
 
     def start(self, stop: threading.Event) -> None:
@@ -60,7 +63,8 @@ class Demo:
     def join(self) -> None:
         for thread in self.threads:
             thread.join(timeout=10)
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
 
     def _guarded(self, target: Any, stop: threading.Event) -> None:
         try:
@@ -71,27 +75,30 @@ class Demo:
 
     def _replay(self, stop: threading.Event) -> None:
         ahead: collections.deque[Transaction] = collections.deque()
-        seen: set[str] = set()
+        queued: collections.Counter[str] = collections.Counter()  # user -> purchases not sent yet
         started = time.monotonic()
         for _, event in read_events(self.seed):
             if stop.is_set():
                 break
             if isinstance(event, Rejected):
                 continue
-            if event.user_id in seen and self.asking.is_set():  # ask now, judge by this purchase
-                request_id = self.client.send(event.user_id, k=10)
+            # Ask when every earlier purchase of this customer is out, so that this one is
+            # the next the scorer sees from them: the one the answer is judged by.
+            if event.user_id in self.sent_users and not queued[event.user_id] and self.asking.is_set():
+                request_id = uuid.uuid4().hex
                 self.expected[request_id] = event.item_id
+                self.client.send(event.user_id, k=10, request_id=request_id)
                 self.counts.requests_sent += 1
-            seen.add(event.user_id)
+            queued[event.user_id] += 1
             ahead.append(event)
             if len(ahead) > self.lead:
-                self._send(ahead.popleft(), started)
+                self._send(ahead.popleft(), started, queued)
         while ahead and not stop.is_set():
-            self._send(ahead.popleft(), started)
+            self._send(ahead.popleft(), started, queued)
         self.client.producer.flush()
         log.info("demo: the seed is replayed (%d events)", self.counts.events_produced)
 
-    def _send(self, event: Transaction, started: float) -> None:
+    def _send(self, event: Transaction, started: float, queued: collections.Counter[str]) -> None:
         due = started + self.counts.events_produced / self.rate
         if (wait := due - time.monotonic()) > 0:
             time.sleep(wait)
@@ -100,6 +107,8 @@ class Demo:
             Transaction(event.event_id, event.user_id, event.item_id, 1, time.time())
         )
         self.counts.events_produced += 1
+        self.sent_users.add(event.user_id)
+        queued[event.user_id] -= 1
 
     def _answers(self, stop: threading.Event) -> None:
         while not stop.is_set():

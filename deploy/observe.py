@@ -7,6 +7,7 @@ services' code. Rates need two looks: `rates(before, after)`.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import math
 import time
@@ -51,12 +52,15 @@ def scrape(endpoint: str, timeout_s: float = 2.0) -> Samples:
     try:
         with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=timeout_s) as response:
             text = response.read().decode()
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return {}
     samples: Samples = defaultdict(list)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[sample.name].append((sample.labels, sample.value))
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[sample.name].append((sample.labels, sample.value))
+    except ValueError:  # not a metrics page
+        return {}
     return samples
 
 

@@ -12,6 +12,7 @@ restarts and metrics endpoint, for `recstream status` and `recstream down`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.processes import free_port, pid_alive, port_is_free, stop_pid
+from deploy.processes import StackError, free_port, pid_alive, port_is_free, stop_pid
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class Supervisor:
         *,
         stable_after_s: float = 30.0,
         max_backoff_s: float = 60.0,
-        grace_s: float = 20.0,
+        grace_s: float = 40.0,  # beyond SCORER_DEADLINE_S: a scorer waiting on the model server ends cleanly
     ) -> None:
         self.settings = settings
         self.home = settings.home
@@ -143,7 +144,8 @@ class Supervisor:
                 service.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in %gs; killing it", service.name, self.grace_s)
-                stop_pid(service.proc.pid, timeout=0.1)
+                with contextlib.suppress(StackError):
+                    stop_pid(service.proc.pid, timeout=0.1)
             log.info("%s: stopped", service.name)
         self.state_path.unlink(missing_ok=True)
 
@@ -166,26 +168,40 @@ class Supervisor:
         os.replace(tmp, self.state_path)
 
 
-def read_state(home: Path) -> dict:
-    """services.json of a running supervisor ({} when none runs)."""
+def read_state(home: Path, *, alive_only: bool = True) -> dict:
+    """services.json ({} when none): by default only while its supervisor runs."""
     try:
         state = json.loads((home / "run" / "services.json").read_text())
     except (OSError, ValueError):
         return {}
-    return state if pid_alive(state.get("supervisor")) else {}
+    return state if not alive_only or pid_alive(state.get("supervisor")) else {}
 
 
-def stop_running(home: Path, timeout_s: float = 40.0) -> bool:
-    """Stop the supervisor of this home, if one runs (it stops its services); True if one did."""
-    state = read_state(home)
-    pid = state.get("supervisor")
-    if not pid:
+def _is_service(pid: int | None, name: str) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for service in state.get("services", {}).values():  # a supervisor killed hard leaves them behind
-        if pid_alive(service.get("pid")):
+    command = any(arg == b"stream.cli" or arg.endswith(b"/recstream") for arg in argv)
+    return command and name.encode() in argv
+
+
+def stop_running(home: Path, timeout_s: float = 60.0) -> bool:
+    """Stop this home's supervisor and its services, also those a supervisor killed hard left
+    behind; True if anything was stopped."""
+    state = read_state(home, alive_only=False)
+    pid = state.get("supervisor")
+    stopped = False
+    if pid_alive(pid) and _is_service(pid, "up"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stopped = True
+    for name, service in state.get("services", {}).items():
+        if pid_alive(service.get("pid")) and _is_service(service["pid"], name):
             stop_pid(service["pid"])
-    return True
+            stopped = True
+    (home / "run" / "services.json").unlink(missing_ok=True)
+    return stopped

@@ -59,8 +59,8 @@ class RecommendationClient:
 
     def send(self, user_id: str, k: int = DEFAULT_K, request_id: str | None = None) -> str:
         request = RecommendationRequest(request_id or uuid.uuid4().hex, user_id, k)
+        self.sent.add(request.request_id)  # before sending: the answer may be read at once
         self.producer.send(self.settings.requests_topic, request.to_json(), key=user_id)
-        self.sent.add(request.request_id)
         return request.request_id
 
     def send_raw(self, value: bytes, request_id: str | None = None, key: str | None = None) -> None:

@@ -168,9 +168,11 @@ class DriftMonitor:
     def __init__(self, config: DriftConfig) -> None:
         self.config = config
         self.pending: OrderedDict[str, list[_Pending]] = OrderedDict()
-        self.detector = PageHinkley(config.ph_delta, config.ph_threshold)
+        # One detector per version: after a swap, the old version's open recommendations keep
+        # resolving for up to the horizon, and must not reset the new version's test.
+        self.detectors: dict[int, PageHinkley] = {}
         self.outcomes: dict[int, list[int]] = {}  # version -> [hits, misses]
-        self.detector_version: int | None = None
+        self.served_version: int | None = None  # the version of the latest answer: the one judged
         self.purchases: deque[str] = deque(maxlen=config.window_events)
         self.requests: deque[bool] = deque(maxlen=config.window_events)  # True: answered by fallback
         self.window_start: deque[float] = deque(maxlen=config.window_events)
@@ -189,12 +191,17 @@ class DriftMonitor:
         if self.reference is not None and self.reference.version == reference.version:
             return
         self.reference = reference
+        for name in ("psi_item_popularity", "unknown_item_share", "unknown_user_share"):
+            self.alarms[name].armed = True  # hysteresis is per version: judge the new one afresh
         self.purchases.clear()
         self.requests.clear()
         self.window_start.clear()
 
     def served(self, user_id: str, items: Iterable[str], version: int, fallback: bool, now: float) -> None:
         self.requests.append(fallback)
+        if version != self.served_version:
+            self.served_version = version
+            self.alarms["page_hinkley_hit_rate"].armed = True
         entry = _Pending(now, frozenset(items), version)
         queue = self.pending.setdefault(user_id, [])
         queue.append(entry)
@@ -219,13 +226,12 @@ class DriftMonitor:
             self._outcome(entry.version, item_id in entry.items)
 
     def _outcome(self, version: int, hit: bool) -> None:
-        if version != self.detector_version:
-            self.detector.reset()
-            self.detector_version = version
-            self.alarms["page_hinkley_hit_rate"].armed = True
         counts = self.outcomes.setdefault(version, [0, 0])
         counts[0 if hit else 1] += 1
-        self.detector.update(1.0 if hit else 0.0)
+        detector = self.detectors.get(version)
+        if detector is None:
+            detector = self.detectors[version] = PageHinkley(self.config.ph_delta, self.config.ph_threshold)
+        detector.update(1.0 if hit else 0.0)
 
     def hit_rate(self, version: int) -> float | None:
         hits, misses = self.outcomes.get(version, (0, 0))
@@ -240,15 +246,16 @@ class DriftMonitor:
     def check(self, now: float) -> list[DriftAlert]:
         self.expire(now)
         alerts = []
-        version = self.detector_version
-        if version is not None and self.detector.n >= self.config.min_outcomes:
-            value = self.detector.statistic
+        version = self.served_version
+        detector = self.detectors.get(version) if version is not None else None
+        if detector is not None and detector.n >= self.config.min_outcomes:
+            value = detector.statistic
             self.last["page_hinkley_hit_rate"] = value
             if self.alarms["page_hinkley_hit_rate"].check(value, now):
                 hits, misses = self.outcomes[version]
                 window = {"outcomes": hits + misses, "hit_rate": round(hits / (hits + misses), 4)}
                 alerts.append(self._alert("concept", "page_hinkley_hit_rate", value, version, window, now))
-                self.detector.reset()
+                detector.reset()
         reference = self.reference
         if reference is not None and len(self.purchases) >= self.config.min_events:
             actual, unknown_items = reference.actual(self.purchases)

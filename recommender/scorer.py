@@ -120,8 +120,16 @@ class Scorer:
                 )
             else:
                 pending.append((request, event.message.timestamp))
-        if pending:
-            out.extend(await self._recommend(pending))
+        try:
+            if pending:
+                out.extend(await self._recommend(pending))
+        except Exception as exc:  # a bug must not drop the batch: take_events acks it regardless
+            log.exception("answering a batch failed")
+            answered = {record.get("request_id") for _, record in out}
+            for request, _ in pending:
+                if request.request_id not in answered:
+                    REQUESTS.labels("error").inc()
+                    out.append((request.user_id, records.error(request.request_id, f"scorer failure: {exc}")))
         for key, record in out:
             await self.answers.send(key=key.encode(), value=records.encode(record))
 
@@ -166,14 +174,14 @@ class Scorer:
             BATCH.observe(len(requests))
             now = time.time()
             latencies = [(now - ts) * 1000 for _, ts in pending]
-            for record, request, latency in zip(
-                records.answers(requests, ranked, bought, latencies), requests, latencies, strict=True
-            ):
+            answered = records.answers(requests, ranked, bought, latencies)
+            # The drift join compares record timestamps: the request's here, the purchase's there.
+            for record, (request, ts), latency in zip(answered, pending, latencies, strict=True):
                 out.append((request.user_id, record))
                 LATENCY.observe(latency / 1000)
                 REQUESTS.labels("fallback" if record["fallback"] else "model").inc()
                 self.monitor.served(
-                    request.user_id, record["items"], ranked.version, bool(record["fallback"]), now
+                    request.user_id, record["items"], ranked.version, bool(record["fallback"]), ts
                 )
             SERVED_VERSION.set(ranked.version)
             self._want_reference(ranked.version)

@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, dict[str, float]], None]
 # The data distributions the drift tracker compares live traffic with (metadata.json "reference").
-REFERENCE_TOP_ITEMS = 300
+# Every product the model knows (the drift tracker counts a product left out as unknown), up to
+# a bound that keeps metadata.json small for very large catalogues.
+REFERENCE_TOP_ITEMS = 20_000
 
 
 class NotEnoughData(RecstreamError):

@@ -55,9 +55,12 @@ class RetrainScheduler:
         self.runs = 0
         self._lock = threading.Lock()
         self.scheduler = BackgroundScheduler(timezone=UTC)
+        # Drift-only (interval 0): a paused job whose interval never comes; an alert moves it to now.
+        drift_only = {"next_run_time": None} if interval_s == 0 else {}
         self.scheduler.add_job(
             self._run,
-            IntervalTrigger(seconds=interval_s, timezone=UTC),
+            IntervalTrigger(seconds=interval_s, timezone=UTC) if interval_s else IntervalTrigger(days=36500),
+            **drift_only,
             id=JOB_ID,
             coalesce=True,
             max_instances=1,

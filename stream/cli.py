@@ -187,9 +187,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         return _supervise(args, settings)
     finally:
-        for part in stack.status():  # what this command started goes with it
+        for part in reversed(stack.status()):  # what this command started goes with it, broker first
             if part.pid and part.name not in already:
-                stack.stop_part(part.name)
+                try:
+                    stack.stop_part(part.name)
+                except RecstreamError as exc:
+                    print(f"recstream: {exc}", file=sys.stderr)
 
 
 def _supervise(args: argparse.Namespace, settings) -> int:
@@ -202,29 +205,31 @@ def _supervise(args: argparse.Namespace, settings) -> int:
     from deploy import observe
     from deploy.supervisor import Supervisor, read_state
 
-    if read_state(settings.home):
-        raise RecstreamError(f"the services of {settings.home} already run: `recstream down` first")
+    if read_state(settings.home, alive_only=False):
+        raise RecstreamError(f"services of {settings.home} may still run: `recstream down` first")
     seed = args.seed or DEFAULT_SEED
     if args.demo and not seed.is_file():
         raise RecstreamError(f"seed file not found: {seed} (give one with --seed)")
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
         signal.signal(signum, lambda *_: stop.set())
     supervisor = Supervisor(settings, env=demo_mode.DEMO_ENV if args.demo else None)
-    supervisor.start()
-    demo = None
+    demo = snap = None
     started = time.monotonic()
     try:
+        supervisor.start()
         if args.demo:
             demo = demo_mode.Demo(settings, seed, args.rate)
             demo.start(stop)
         _watch(settings, supervisor, demo, stop, started, args.for_s)
     finally:
         stop.set()
-        if demo is not None:
-            demo.join()
-        snap = observe.snapshot(settings) if demo is not None else None
-        supervisor.stop()
+        try:
+            if demo is not None:
+                demo.join()
+                snap = observe.snapshot(settings)
+        finally:
+            supervisor.stop()
     if demo is not None and snap is not None:
         body = demo_mode.summary(demo, snap, time.monotonic() - started)
         path = demo_mode.write_summary(settings, body)

@@ -106,16 +106,33 @@ def test_concept_alert_on_a_falling_hit_rate_then_no_storm() -> None:
     assert first.window["outcomes"] > 1500 and first.window["hit_rate"] < 0.3
 
 
-def test_a_new_version_restarts_the_detector() -> None:
+def test_each_version_has_its_own_detector_and_old_outcomes_do_not_reset_the_new_one() -> None:
     monitor = DriftMonitor(CONFIG)
     for n in range(100):
-        monitor.served("u", ["a"], version=1, fallback=False, now=n)
-        monitor.purchased("u", "z", n + 0.5)
-    assert monitor.detector.n == 100
-    monitor.served("u", ["a"], version=2, fallback=False, now=200)
-    monitor.purchased("u", "a", 200.5)
-    assert monitor.detector.n == 1 and monitor.detector_version == 2
-    assert monitor.outcomes == {1: [0, 100], 2: [1, 0]}
+        monitor.served(f"u{n}", ["a"], version=1, fallback=False, now=280 + n / 100)
+    # After the swap v2 answers; v1's open recommendations resolve in between v2's outcomes.
+    for n in range(160):  # v2 hits 40 times, then misses: a fall
+        monitor.served(f"v{n}", ["a"], version=2, fallback=False, now=300 + n / 10)
+        monitor.purchased(f"v{n}", "a" if n < 40 else "z", 300.05 + n / 10)
+        if n < 100:
+            monitor.purchased(f"u{n}", "a", 300.05 + n / 10)
+    assert monitor.outcomes == {1: [100, 0], 2: [40, 120]}
+    assert monitor.detectors[2].n == 160 and monitor.detectors[1].n == 100
+    alerts = monitor.check(400)
+    assert [(a.statistic, a.model_version) for a in alerts] == [("page_hinkley_hit_rate", 2)]
+
+
+def test_a_new_reference_rearms_the_data_alarms() -> None:
+    monitor = DriftMonitor(dataclasses.replace(CONFIG, cooldown_s=0))
+    monitor.set_reference(REFERENCE)
+    for n in range(600):
+        monitor.purchased(f"u{n}", f"new-{n % 5}", n)
+    assert {a.statistic for a in monitor.check(600)} == {"psi_item_popularity", "unknown_item_share"}
+    assert monitor.check(601) == []  # disarmed: still above the threshold
+    monitor.set_reference(Reference(2, REFERENCE.item_share))  # a new version, still blind to them
+    for n in range(600):
+        monitor.purchased(f"w{n}", f"new-{n % 5}", 700 + n)
+    assert {a.model_version for a in monitor.check(1300)} == {2}
 
 
 def test_alarm_rearms_only_below_half_the_threshold() -> None:
