@@ -141,10 +141,20 @@ def test_a_launch_raises_drift_retrains_and_the_hit_rate_recovers(
             client, producer, list(rng.choice(known, 20, replace=False)), lambda a: a["items"][0]
         )
         assert {a["model_version"] for a in answers} == {1} and all(len(a["items"]) == 10 for a in answers)
+
         # The launch: from now on every purchase is one of ten new products, a big launch (150
-        # purchases a round besides the 30 judged ones), until a newer version is activated.
-        deadline = time.monotonic() + 420
-        while registry.state().active == 1:
+        # purchases a round besides the 30 judged ones), until a version that learnt them (they
+        # are in its training reference) is activated.
+        def learnt() -> int | None:
+            active = registry.state().active
+            if active == 1:
+                return None
+            return (
+                active if set(launch) <= set(registry.metadata(active)["reference"]["item_share"]) else None
+            )
+
+        deadline = time.monotonic() + 480
+        while (newer := learnt()) is None:
             assert up.poll() is None and time.monotonic() < deadline, (
                 registry.state().to_dict(),
                 _rates(hits),
@@ -157,13 +167,10 @@ def test_a_launch_raises_drift_retrains_and_the_hit_rate_recovers(
             time.sleep(1)
         answers = _round(client, producer, list(rng.choice(known, 30, replace=False)), buy_launch)
 
-    newer = registry.state().active
-    assert {a["model_version"] for a in answers} == {newer}  # the scorer follows the activation
-    metadata = registry.metadata(newer)
-    assert metadata["parent_version"] == 1  # warm-started from the version it replaces
-    assert set(launch) <= set(metadata["reference"]["item_share"])  # it learnt the new products
+    assert min(a["model_version"] for a in answers) >= newer  # the scorer follows the activations
+    assert registry.metadata(newer)["parent_version"] is not None  # warm-started
     snap = observe.snapshot(settings)
-    assert snap.drift_alerts >= 1 and snap.retrain_runs >= 1  # the scheduler retrained on an alert
+    assert snap.drift_alerts >= 1 and snap.retrain_runs >= 1  # the scheduler retrained on alerts
     assert np.mean(hits[1]) < 0.05  # the first version never recommends what it never saw
 
 

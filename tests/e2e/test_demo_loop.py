@@ -64,7 +64,7 @@ def test_up_demo_turns_the_loop_and_stops_cleanly(tmp_path: Path, seed_file: Pat
     assert summary["events_produced"] > 10_000
     assert 0.8 * summary["events_produced"] < summary["events_ingested"] <= summary["events_produced"]
     assert summary["versions_activated"] >= 1, summary
-    assert summary["recommendations_served"] > 1_000 and summary["request_errors"] == 0, summary
+    assert summary["recommendations_served"] > 200 and summary["request_errors"] == 0, summary
     assert 0.05 < summary["hit_rate"] < 1
 
     # Everything it started is gone: services, broker, object store, model server.

@@ -131,6 +131,7 @@ def test_up_status_down_through_the_cli(tmp_path: Path) -> None:
     assert after.returncode == 1 and after.stdout.count("not running") == 3
 
 
-def test_plain_up_and_bad_log_level_are_one_line(tmp_path: Path) -> None:
-    assert_one_line_error(run(["up"], tmp_path), "recstream up --infra")
+def test_up_misuse_and_bad_log_level_are_one_line(tmp_path: Path) -> None:
+    assert_one_line_error(run(["up", "--for", "10"], tmp_path), "--for goes with --demo")
+    assert_one_line_error(run(["up", "--infra", "--demo"], tmp_path), "--infra starts only")
     assert_one_line_error(run(["status"], tmp_path, LOG_LEVEL="verbose"), "LOG_LEVEL='VERBOSE'")
