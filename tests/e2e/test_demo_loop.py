@@ -25,7 +25,7 @@ from stream.storage import make_client
 
 pytestmark = pytest.mark.e2e
 
-RUN_S = 210
+RUN_S = 180
 
 
 def test_up_demo_turns_the_loop_and_stops_cleanly(tmp_path: Path, seed_file: Path) -> None:
