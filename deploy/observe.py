@@ -51,9 +51,13 @@ def scrape(endpoint: str, timeout_s: float = 2.0) -> Samples:
     """Every sample of a /metrics page by name ({} when the endpoint does not answer)."""
     try:
         with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=timeout_s) as response:
-            text = response.read().decode()
+            return parse_metrics(response.read().decode())
     except (OSError, http.client.HTTPException):
         return {}
+
+
+def parse_metrics(text: str) -> Samples:
+    """A metrics page's samples by name ({} when it is not one)."""
     samples: Samples = defaultdict(list)
     try:
         for family in text_string_to_metric_families(text):
@@ -120,16 +124,19 @@ def snapshot(settings: Settings, *, registry: Any = None) -> Snapshot:
     return snap
 
 
+def registry_of(settings: Settings) -> Any:
+    """A registry reader that fails fast: a snapshot must not hang on a store that is down."""
+    from retrain.registry import ModelRegistry
+    from stream.storage import make_client
+
+    return ModelRegistry(
+        make_client(settings, retries=0, timeout_s=3), settings.models_bucket, settings.model_name
+    )
+
+
 def _registry(settings: Settings, snap: Snapshot, registry: Any) -> None:
     try:
-        if registry is None:
-            from retrain.registry import ModelRegistry
-            from stream.storage import make_client
-
-            registry = ModelRegistry(
-                make_client(settings, retries=0, timeout_s=3), settings.models_bucket, settings.model_name
-            )
-        state = registry.state()
+        state = (registry or registry_of(settings)).state()
     except Exception as exc:  # the store may be down: the rest of the snapshot still helps
         log.debug("registry unavailable: %s", exc)
         return

@@ -7,6 +7,7 @@ commands never pay for TensorFlow, pandas or Faust.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -160,8 +161,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, str | None]:
     }
 
 
-def _settings(args: argparse.Namespace):
-    return load_settings(_overrides(args))
+def _settings(args: argparse.Namespace, *required: str):
+    """The command's settings; each endpoint in `required` must be set (one-line error otherwise)."""
+    settings = load_settings(_overrides(args))
+    for attr in required:
+        settings.require(attr)
+    return settings
 
 
 def _stack(args: argparse.Namespace):
@@ -249,17 +254,18 @@ def _watch(settings, supervisor, demo, stop, started: float, for_s: float | None
     from deploy import observe
 
     console = Console()
-    before = observe.snapshot(settings)
+    registry = observe.registry_of(settings)  # one reader: it caches the event objects it read
+    before = observe.snapshot(settings, registry=registry)
     live = Live(console=console, refresh_per_second=1) if console.is_terminal else None
     last_line = 0.0
-    with live or _nothing():
+    with live or contextlib.nullcontext():
         while not stop.wait(2.0):
             for event in supervisor.poll():
                 console.print(event)
             now = time.monotonic()
             if for_s and now - started >= for_s:
                 break
-            after = observe.snapshot(settings)
+            after = observe.snapshot(settings, registry=registry)
             rates = observe.rates(before, after)
             before = after
             if demo is not None and after.active_version is not None:
@@ -272,12 +278,6 @@ def _watch(settings, supervisor, demo, stop, started: float, for_s: float | None
                     f"[{now - started:,.0f}s] " + " | ".join(f"{k}: {v}" for k, v in figures.items())
                 )
                 last_line = now
-
-
-def _nothing():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -371,9 +371,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.worker import run
 
-    settings = _settings(args)
-    settings.require("kafka_bootstrap")
-    settings.require("minio_endpoint")
+    settings = _settings(args, "kafka_bootstrap", "minio_endpoint")
     run(settings)
     return 0
 
@@ -455,9 +453,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def cmd_scheduler(args: argparse.Namespace) -> int:
     from retrain.scheduler import run
 
-    settings = _settings(args)
-    settings.require("kafka_bootstrap")
-    settings.require("minio_endpoint")
+    settings = _settings(args, "kafka_bootstrap", "minio_endpoint")
     logging.getLogger().setLevel(settings.log_level)
     run(settings)
     return 0
@@ -466,9 +462,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 def cmd_updater(args: argparse.Namespace) -> int:
     from updater.service import run
 
-    settings = _settings(args)
-    for endpoint in ("kafka_bootstrap", "minio_endpoint", "tf_serving_grpc"):
-        settings.require(endpoint)
+    settings = _settings(args, "kafka_bootstrap", "minio_endpoint", "tf_serving_grpc")
     logging.getLogger().setLevel(settings.log_level)
     run(settings)
     return 0
@@ -477,9 +471,7 @@ def cmd_updater(args: argparse.Namespace) -> int:
 def cmd_scorer(args: argparse.Namespace) -> int:
     from recommender.scorer import run
 
-    settings = _settings(args)
-    for endpoint in ("kafka_bootstrap", "minio_endpoint", "tf_serving_grpc"):
-        settings.require(endpoint)
+    settings = _settings(args, "kafka_bootstrap", "minio_endpoint", "tf_serving_grpc")
     run(settings)
     return 0
 
@@ -496,9 +488,7 @@ def cmd_request(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from updater.rollback import rollback
 
-    settings = _settings(args)
-    for endpoint in ("kafka_bootstrap", "minio_endpoint", "tf_serving_grpc"):
-        settings.require(endpoint)
+    settings = _settings(args, "kafka_bootstrap", "minio_endpoint", "tf_serving_grpc")
     event = rollback(settings, to=args.to)
     print(f"rolled back {event.model}: version {event.version} -> {event.to}")
     return 0

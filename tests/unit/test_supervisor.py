@@ -60,12 +60,7 @@ def test_figures_from_metrics_pages() -> None:
             'recstream_scorer_latency_seconds_bucket{le="+Inf"} 100.0',
         ]
     )
-    from prometheus_client.parser import text_string_to_metric_families
-
-    samples: observe.Samples = {}
-    for family in text_string_to_metric_families(page + "\n"):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    samples = observe.parse_metrics(page + "\n")
     assert observe.histogram_quantile(samples, "recstream_scorer_latency_seconds", 0.99) == 0.1
     assert observe.histogram_quantile(samples, "recstream_scorer_latency_seconds", 0.5) == 0.05
     before = observe.Snapshot(at=10.0, events_in=100, requests=50)
