@@ -9,8 +9,10 @@ the PSI of item popularity, binned by the reference's popularity so that samplin
 stays small, and the shares of unknown products (not in the reference) and of requests
 for unknown users (answered by the popularity fallback).
 
-Alerts have hysteresis: a statistic fires once when it crosses its threshold and re-arms
-only when it falls below half of it, and one statistic fires at most once per cooldown.
+Alerts have hysteresis: a statistic fires when it crosses its threshold and is cleared only
+when it falls below half of it; while it stays raised and above the threshold it fires again
+once per repeat interval (as Alertmanager repeats a firing alert), so a drift that the last
+retrain did not cure is retried, and one statistic never fires more than once per cooldown.
 Times are arrival times (record timestamps), so replayed events with old `ts` still join.
 """
 
@@ -41,6 +43,7 @@ class DriftConfig:
     ph_delta: float = 0.05
     ph_threshold: float = 15.0
     cooldown_s: float = 300.0
+    repeat_s: float = 1800.0
     max_pending_users: int = 200_000  # open recommendations kept (oldest dropped first)
 
     @classmethod
@@ -56,6 +59,7 @@ class DriftConfig:
             ph_delta=settings.drift_ph_delta,
             ph_threshold=settings.drift_ph_threshold,
             cooldown_s=settings.drift_alert_cooldown_s,
+            repeat_s=settings.drift_alert_repeat_s,
         )
 
 
@@ -138,18 +142,20 @@ class Reference:
 
 
 class Alarm:
-    """Hysteresis and cooldown for one statistic."""
+    """Hysteresis, cooldown and repeat for one statistic."""
 
-    def __init__(self, threshold: float, cooldown_s: float) -> None:
-        self.threshold, self.cooldown_s = threshold, cooldown_s
-        self.armed = True
+    def __init__(self, threshold: float, cooldown_s: float, repeat_s: float = math.inf) -> None:
+        self.threshold, self.cooldown_s, self.repeat_s = threshold, cooldown_s, repeat_s
+        self.armed = True  # False while raised: cleared below half the threshold
         self.last_fired = -math.inf
 
     def check(self, value: float, now: float) -> bool:
-        if not self.armed:
-            self.armed = value < self.threshold / 2
+        if not self.armed and value < self.threshold / 2:
+            self.armed = True
+        if value <= self.threshold:
             return False
-        if value > self.threshold and now - self.last_fired >= self.cooldown_s:
+        since = now - self.last_fired
+        if since >= self.cooldown_s and (self.armed or since >= self.repeat_s):
             self.armed, self.last_fired = False, now
             return True
         return False
@@ -179,10 +185,10 @@ class DriftMonitor:
         self.reference: Reference | None = None
         self.expired = 0
         self.alarms = {
-            "page_hinkley_hit_rate": Alarm(config.ph_threshold, config.cooldown_s),
-            "psi_item_popularity": Alarm(config.psi_threshold, config.cooldown_s),
-            "unknown_item_share": Alarm(config.unknown_item_threshold, config.cooldown_s),
-            "unknown_user_share": Alarm(config.unknown_user_threshold, config.cooldown_s),
+            "page_hinkley_hit_rate": Alarm(config.ph_threshold, config.cooldown_s, config.repeat_s),
+            "psi_item_popularity": Alarm(config.psi_threshold, config.cooldown_s, config.repeat_s),
+            "unknown_item_share": Alarm(config.unknown_item_threshold, config.cooldown_s, config.repeat_s),
+            "unknown_user_share": Alarm(config.unknown_user_threshold, config.cooldown_s, config.repeat_s),
         }
         self.last: dict[str, float] = {}
 

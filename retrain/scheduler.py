@@ -3,7 +3,11 @@
 One APScheduler job does every retrain, so "one run at a time" holds whatever started it:
 the interval trigger fires every RETRAIN_INTERVAL_S (coalescing missed runs into one, with
 a misfire grace), and a drift alert moves the job's next run to now, at most once per
-RETRAIN_COOLDOWN_S. A failing run is logged and counted; the loop goes on.
+RETRAIN_COOLDOWN_S. An alert that comes while a run is in progress asks for one more run
+right after it: the run in progress read its data before the alert, maybe before the drift
+had landed. A drift run first waits (bounded) until ingest has landed every purchase sent
+before it starts, so the purchases that raised the alert are in its data. A failing run is
+logged and counted; the loop goes on.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from stream.alerts import DriftAlert, parse_drift_alert
+from stream.errors import RecstreamError
 from stream.schemas import InvalidMessage
 from stream.settings import Settings
 
@@ -28,10 +33,21 @@ log = logging.getLogger(__name__)
 
 JOB_ID = "retrain"
 RUNS = Counter(
-    "recstream_scheduler_runs_total", "Retrain runs by trigger and outcome", ["trigger", "outcome"]
+    "recstream_scheduler_runs_total",
+    "Retrain runs by trigger and outcome (published, rejected, failed)",
+    ["trigger", "outcome"],
+)
+RUN_SECONDS = Histogram(
+    "recstream_scheduler_run_duration_seconds",
+    "Duration of retrain runs",
+    buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600),
 )
 ALERTS = Counter("recstream_scheduler_drift_alerts_total", "Drift alerts consumed", ["kind", "action"])
 LAST_RUN = Gauge("recstream_scheduler_last_run_timestamp_seconds", "End of the last retrain run")
+
+
+class Abandoned(RecstreamError):
+    """The scheduler is stopping: the run in progress ends at its next epoch, publishing nothing."""
 
 
 class RetrainScheduler:
@@ -45,13 +61,19 @@ class RetrainScheduler:
         *,
         misfire_grace_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        settle: Callable[[], Any] | None = None,
     ) -> None:
         self.retrain = retrain
+        self.settle = settle  # called before a drift run: wait for the data behind the alert
         self.interval_s = interval_s
         self.cooldown_s = cooldown_s
         self.clock = clock
         self.last_drift_run: float | None = None
-        self.trigger = "interval"  # what started the run in progress (for metrics and logs)
+        self.next_trigger = "interval"  # what the next run is for (for metrics and logs)
+        self.trigger = "interval"  # what the run in progress is for
+        self.running = False
+        self.follow_up = False  # an alert came during the run in progress: run again after it
+        self.started = 0.0
         self.runs = 0
         self._lock = threading.Lock()
         self.scheduler = BackgroundScheduler(timezone=UTC)
@@ -78,29 +100,49 @@ class RetrainScheduler:
         log.info("retrain %s; drift retrains at most every %gs", every, self.cooldown_s)
 
     def shutdown(self) -> None:
+        """Waits for the run in progress: give it a way to end soon (see `run`)."""
         self.scheduler.shutdown(wait=True)
 
     def _run(self) -> Any:
+        with self._lock:
+            self.trigger, self.next_trigger = self.next_trigger, "interval"
+            self.running, self.started = True, time.monotonic()
         log.info("retrain started (%s)", self.trigger)
-        return self.retrain()
+        if self.trigger == "drift" and self.settle is not None:
+            self.settle()
+        try:
+            return self.retrain()
+        except Abandoned as exc:  # returned, not raised: APScheduler would log it as an error
+            return exc
 
     def _on_event(self, event: JobExecutionEvent) -> None:
-        with self._lock:
-            trigger, self.trigger = self.trigger, "interval"
         if event.code == EVENT_JOB_MAX_INSTANCES:
             log.info("retrain already running; this trigger is skipped")
             return
+        with self._lock:
+            trigger, self.running = self.trigger, False
+            follow_up, self.follow_up = self.follow_up, False
         self.runs += 1
         LAST_RUN.set_to_current_time()
-        if event.exception is not None:
+        RUN_SECONDS.observe(time.monotonic() - self.started)
+        if isinstance(event.retval, Abandoned):
+            RUNS.labels(trigger, "abandoned").inc()
+            log.info("retrain (%s) abandoned: %s", trigger, event.retval)
+        elif event.exception is not None:
             RUNS.labels(trigger, "failed").inc()
             log.error("retrain failed (%s); the loop goes on", trigger, exc_info=event.exception)
         else:
-            RUNS.labels(trigger, "done").inc()
+            RUNS.labels(trigger, getattr(event.retval, "event", "done")).inc()
             log.info("retrain done (%s): %s", trigger, event.retval)
+        if follow_up and not isinstance(event.retval, Abandoned):
+            log.info("a drift alert came during that run: retrain again on the newer data")
+            self._run_now()
 
     def on_alert(self, alert: DriftAlert) -> bool:
-        """Retrain now unless a drift retrain started less than the cooldown ago; True if triggered."""
+        """Retrain now unless a drift retrain started less than the cooldown ago; True if triggered.
+
+        During a run, the retrain is one more run right after it (several alerts: still one).
+        """
         now = self.clock()
         if self.last_drift_run is not None and now - self.last_drift_run < self.cooldown_s:
             ALERTS.labels(alert.kind, "cooldown").inc()
@@ -113,7 +155,6 @@ class RetrainScheduler:
             )
             return False
         self.last_drift_run = now
-        ALERTS.labels(alert.kind, "retrain").inc()
         log.info(
             "%s drift alert (%s=%.4g > %.4g): retrain now",
             alert.kind,
@@ -122,11 +163,18 @@ class RetrainScheduler:
             alert.threshold,
         )
         with self._lock:
-            self.trigger = "drift"
-        # Moving the one job's next run keeps "one run at a time": if a run is in progress,
-        # APScheduler skips this one (max_instances=1) and the fresh run just finishing serves.
-        self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC) + timedelta(milliseconds=10))
+            self.next_trigger = "drift"
+            if self.running:
+                ALERTS.labels(alert.kind, "follow_up").inc()
+                self.follow_up = True
+                return True
+        ALERTS.labels(alert.kind, "retrain").inc()
+        self._run_now()
         return True
+
+    def _run_now(self) -> None:
+        # Moving the one job's next run keeps "one run at a time" (max_instances=1).
+        self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC) + timedelta(milliseconds=10))
 
 
 def consume_alerts(settings: Settings, scheduler: RetrainScheduler, stop: threading.Event) -> None:
@@ -165,6 +213,7 @@ def run(settings: Settings) -> None:
     """Run the loop in the foreground until SIGINT/SIGTERM."""
     import signal
 
+    from ingest.progress import wait_until_landed
     from retrain.job import retrain_once
     from stream.metrics import serve_metrics
 
@@ -172,8 +221,16 @@ def run(settings: Settings) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+
+    def progress(epoch: int, epochs: int, _: dict[str, float]) -> None:
+        if stop.is_set():  # a stop must not wait for the rest of a training run
+            raise Abandoned(f"stopping after epoch {epoch}/{epochs}")
+
     scheduler = RetrainScheduler(
-        lambda: retrain_once(settings), settings.retrain_interval_s, settings.retrain_cooldown_s
+        lambda: retrain_once(settings, progress),
+        settings.retrain_interval_s,
+        settings.retrain_cooldown_s,
+        settle=lambda: wait_until_landed(settings, max(30.0, 3 * settings.ingest_flush_s), stop=stop),
     )
     scheduler.start()
     try:

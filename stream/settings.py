@@ -273,6 +273,13 @@ FIELDS: tuple[Field, ...] = (
         "300",
         "least time between two alerts of one statistic",
     ),
+    Field(
+        "DRIFT_ALERT_REPEAT_S",
+        "drift_alert_repeat_s",
+        _non_negative_float,
+        "1800",
+        "an alert still raised fires again after this long (the last retrain did not cure it)",
+    ),
 )
 
 ENV_NAMES: frozenset[str] = frozenset(f.env for f in FIELDS) | {"RECSTREAM_HOME"}
@@ -345,6 +352,7 @@ class Settings:
     drift_ph_delta: float
     drift_ph_threshold: float
     drift_alert_cooldown_s: float
+    drift_alert_repeat_s: float
 
     @property
     def production(self) -> bool:

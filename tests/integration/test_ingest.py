@@ -274,3 +274,18 @@ def test_sigterm_with_buffered_records_stops_and_loses_nothing(
     wait_for(lambda: len(stored_rows(s)) >= 50, 120, second, "the redelivered records")
     time.sleep(3)
     assert sorted(row["event_id"] for row in stored_rows(s)) == sorted(e.event_id for e in events)
+
+
+def test_wait_until_landed_returns_once_every_record_sent_is_in_the_store(
+    ingest_settings: Settings, workers, tmp_path
+) -> None:
+    from ingest.progress import wait_until_landed
+
+    s = ingest_settings
+    with EventProducer(s) as producer:
+        for i in range(3000):
+            producer.send_transaction(Transaction(f"ev-{i}", f"u{i % 97}", f"i{i % 30}", 1, T0 + i))
+    assert not wait_until_landed(s, timeout_s=2)  # nothing ingests yet
+    workers.append(Worker(s, tmp_path / "ingest.log"))
+    assert wait_until_landed(s, timeout_s=120), (tmp_path / "ingest.log").read_text()[-3000:]
+    assert len({row["event_id"] for row in stored_rows(s)}) == 3000  # readable the moment it returns

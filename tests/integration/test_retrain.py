@@ -27,10 +27,9 @@ from stream.storage import ensure_buckets, make_client
 
 pytestmark = pytest.mark.integration
 
-FIRST_ROWS, SECOND_ROWS = (
-    30000,
-    15000,
-)  # seed rows (customers' baskets) per slice; smaller ones favour popularity
+# Seed rows (customers' baskets) per slice: about 50,000 and 25,000 purchases. Much smaller
+# slices favour popularity.
+FIRST_ROWS, SECOND_ROWS = 15000, 7500
 
 
 def seed_slice(seed: Path, start: int, rows: int, out: Path) -> Path:

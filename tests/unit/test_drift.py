@@ -139,3 +139,13 @@ def test_alarm_rearms_only_below_half_the_threshold() -> None:
     alarm = Alarm(threshold=1.0, cooldown_s=0)
     fired = [alarm.check(value, now) for now, value in enumerate([0.5, 1.2, 1.3, 0.8, 1.1, 0.4, 1.1])]
     assert fired == [False, True, False, False, False, False, True]
+
+
+def test_a_raised_alarm_repeats_once_per_repeat_interval_and_never_within_the_cooldown() -> None:
+    alarm = Alarm(threshold=1.0, cooldown_s=10, repeat_s=100)
+    assert alarm.check(2.0, 0)
+    assert not any(alarm.check(2.0, now) for now in range(1, 100))  # raised: quiet until the repeat
+    assert alarm.check(2.0, 100)  # the drift was not cured: fire again
+    assert not alarm.check(0.9, 101) and not alarm.check(0.4, 102)  # cleared below half
+    assert not alarm.check(2.0, 105)  # a new crossing still waits for the cooldown
+    assert alarm.check(2.0, 110)

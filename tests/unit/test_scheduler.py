@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 
@@ -116,3 +117,82 @@ def test_interval_zero_retrains_only_on_drift(make_scheduler) -> None:
     assert wait_for(lambda: len(calls) == 1)
     time.sleep(2.5)
     assert len(calls) == 1
+
+
+def test_an_alert_during_a_run_asks_for_one_more_run_right_after_it(make_scheduler) -> None:
+    release = threading.Event()
+    calls: list[int] = []
+
+    def slow() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            release.wait(5)
+
+    clock = Clock()
+    scheduler = make_scheduler(slow, interval_s=0, clock=clock)
+    assert scheduler.on_alert(ALERT)
+    assert wait_for(lambda: scheduler.running)
+    clock.now += 100
+    assert scheduler.on_alert(ALERT)  # the run in progress read its data before this alert
+    clock.now += 100
+    assert scheduler.on_alert(ALERT)  # several alerts during one run: still one more run
+    time.sleep(0.3)
+    assert len(calls) == 1
+    release.set()
+    assert wait_for(lambda: len(calls) == 2)
+    time.sleep(0.5)
+    assert len(calls) == 2 and scheduler.runs == 2
+
+
+def test_runs_are_counted_by_trigger_and_outcome(make_scheduler) -> None:
+    from prometheus_client import REGISTRY
+
+    class Outcome:
+        event = "rejected"
+
+    def count(trigger: str, outcome: str) -> float:
+        labels = {"trigger": trigger, "outcome": outcome}
+        return REGISTRY.get_sample_value("recstream_scheduler_runs_total", labels) or 0.0
+
+    before = count("drift", "rejected"), count("interval", "rejected")
+    scheduler = make_scheduler(Outcome, interval_s=0)
+    assert scheduler.on_alert(ALERT)
+    assert wait_for(lambda: scheduler.runs == 1)
+    assert (count("drift", "rejected"), count("interval", "rejected")) == (before[0] + 1, before[1])
+
+
+def test_a_drift_run_settles_first_and_an_interval_run_does_not(make_scheduler) -> None:
+    order: list[str] = []
+    scheduler = make_scheduler(lambda: order.append("retrain"), settle=lambda: order.append("settle"))
+    assert scheduler.on_alert(ALERT)
+    assert wait_for(lambda: scheduler.runs == 1)
+    assert order == ["settle", "retrain"]
+    scheduler.scheduler.modify_job("retrain", next_run_time=datetime.now(UTC))  # as the interval would
+    assert wait_for(lambda: scheduler.runs == 2)
+    assert order == ["settle", "retrain", "retrain"]
+
+
+def test_an_abandoned_run_is_counted_as_such_and_asks_for_no_follow_up(make_scheduler, caplog) -> None:
+    from retrain.scheduler import Abandoned
+
+    caplog.set_level("INFO", logger="retrain.scheduler")
+    release = threading.Event()
+    calls: list[int] = []
+
+    def abandoned() -> None:
+        calls.append(1)
+        release.wait(5)
+        raise Abandoned("stopping after epoch 3/10")
+
+    clock = Clock()
+    scheduler = make_scheduler(abandoned, interval_s=0, clock=clock)
+    assert scheduler.on_alert(ALERT)
+    assert wait_for(lambda: scheduler.running)
+    clock.now += 100
+    assert scheduler.on_alert(ALERT)  # would ask for a follow-up run
+    release.set()
+    assert wait_for(lambda: scheduler.runs == 1)
+    time.sleep(0.5)
+    assert len(calls) == 1
+    assert "abandoned: stopping after epoch 3/10" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
