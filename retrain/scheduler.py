@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 JOB_ID = "retrain"
 RUNS = Counter(
     "recstream_scheduler_runs_total",
-    "Retrain runs by trigger and outcome (published, rejected, failed)",
+    "Retrain runs by trigger and outcome (published, rejected, failed, abandoned)",
     ["trigger", "outcome"],
 )
 RUN_SECONDS = Histogram(
@@ -155,21 +155,21 @@ class RetrainScheduler:
             )
             return False
         self.last_drift_run = now
+        with self._lock:
+            self.next_trigger = "drift"
+            action = "follow_up" if self.running else "retrain"
+            self.follow_up = self.follow_up or self.running
+        ALERTS.labels(alert.kind, action).inc()
         log.info(
-            "%s drift alert (%s=%.4g > %.4g): retrain now",
+            "%s drift alert (%s=%.4g > %.4g): %s",
             alert.kind,
             alert.statistic,
             alert.value,
             alert.threshold,
+            "retrain once the run in progress ends" if action == "follow_up" else "retrain now",
         )
-        with self._lock:
-            self.next_trigger = "drift"
-            if self.running:
-                ALERTS.labels(alert.kind, "follow_up").inc()
-                self.follow_up = True
-                return True
-        ALERTS.labels(alert.kind, "retrain").inc()
-        self._run_now()
+        if action == "retrain":
+            self._run_now()
         return True
 
     def _run_now(self) -> None:
