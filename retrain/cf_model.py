@@ -41,6 +41,8 @@ class Params:
     epochs: int = 10
     batch: int = 1024  # at most; small data gets smaller batches (see `batch_size`)
     learning_rate: float = 3e-3
+    validation: float = 0.1  # share of examples that decide when to stop (0: train every epoch)
+    patience: int = 2  # epochs without a better validation loss before stopping
     seed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -79,6 +81,15 @@ def _histories(train: Interactions, history: int) -> tuple[np.ndarray, np.ndarra
         np.asarray(targets, dtype=np.int32),
         final,
     )
+
+
+def _split(examples: int, params: Params) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation example indices, drawn at random (examples come grouped by user).
+
+    Too few examples for a meaningful validation set (under 1,000): no validation."""
+    order = np.random.default_rng(params.seed).permutation(examples)
+    held = int(examples * params.validation) if examples >= 1000 else 0
+    return np.sort(order[held:]), np.sort(order[:held])
 
 
 def build_keras(n_users: int, n_items: int, params: Params):
@@ -185,7 +196,13 @@ def train(
 
     keras.utils.set_random_seed(params.seed)
     if parent is not None:
-        if parent.params.as_dict() != replace(params, epochs=parent.params.epochs).as_dict():
+        same_shape = replace(
+            params,
+            epochs=parent.params.epochs,
+            validation=parent.params.validation,
+            patience=parent.params.patience,
+        )
+        if parent.params.as_dict() != same_shape.as_dict():
             log.info("parent has other parameters (%s): no warm start", parent.params)
             parent = None
         elif data.users.ids[: len(parent.users)] != parent.users.ids:
@@ -214,13 +231,23 @@ def train(
                 progress(epoch + 1, params.epochs, figures)
 
     if params.epochs and len(targets):
+        fit, held = _split(len(targets), params)
+        callbacks: list[Any] = [Report()]
+        if len(held):
+            # A warm start begins near a good model: more epochs than it needs overfit it.
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=params.patience, restore_best_weights=True, verbose=0
+                )
+            )
         model.fit(
-            [users, histories],
-            targets,
-            batch_size=params.batch_size(len(targets)),
+            [users[fit], histories[fit]],
+            targets[fit],
+            batch_size=params.batch_size(len(fit)),
             epochs=params.epochs,
             shuffle=True,
             verbose=0,
-            callbacks=[Report()],
+            callbacks=callbacks,
+            validation_data=([users[held], histories[held]], targets[held]) if len(held) else None,
         )
     return Trained(data.users, data.item_vocab, params, model, final, data.bought(), data.popularity())

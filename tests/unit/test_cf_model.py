@@ -91,3 +91,26 @@ def test_exported_signatures(tmp_path: Path) -> None:
     # The exported state warm-starts the next run with the same rows.
     again = cf_model.load(directory)
     np.testing.assert_allclose(again.scores(np.arange(3)), model.scores(np.arange(3)), atol=1e-5)
+
+
+def test_training_stops_once_the_validation_loss_stops_improving() -> None:
+    rng = np.random.default_rng(1)  # purchases at random: nothing to learn beyond popularity
+    users = np.repeat([f"u{n}" for n in range(600)], 6)
+    items = [f"i{n}" for n in rng.integers(0, 40, len(users))]
+    frame = pd.DataFrame({"user_id": users, "item_id": items, "ts": np.arange(len(users), dtype=float)})
+    train = build_interactions(frame.assign(offset=np.arange(len(frame))))
+    epochs: list[dict[str, float]] = []
+    params = dataclasses.replace(SMALL, epochs=40, learning_rate=0.03)
+    cf_model.train(train, params, progress=lambda epoch, total, logs: epochs.append(logs))
+    assert all("val_loss" in logs for logs in epochs)
+    assert len(epochs) < 40  # overfitting noise raises the validation loss: it stopped
+    best = int(np.argmin([logs["val_loss"] for logs in epochs]))
+    assert len(epochs) == best + 1 + params.patience
+
+
+def test_validation_split_is_random_disjoint_and_skipped_on_little_data() -> None:
+    fit, held = cf_model._split(5000, cf_model.Params())
+    assert len(held) == 500 and len(fit) == 4500 and not set(fit) & set(held)
+    assert held.max() > 4000 and held.min() < 1000  # drawn across users, not the last ones
+    fit, held = cf_model._split(999, cf_model.Params())
+    assert len(held) == 0 and len(fit) == 999
