@@ -21,11 +21,13 @@ INGEST_GROUP = "recstream-ingest"  # the Faust app id of `recstream ingest` (str
 
 def wait_until_landed(
     settings: Settings, timeout_s: float, poll_s: float = 0.5, stop: threading.Event | None = None
-) -> bool:
+) -> dict[int, int] | None:
     """Wait until ingest has committed every `transactions` record sent before this call.
 
-    True when it has; False (logged) when `timeout_s` passed first, e.g. with ingest down,
-    or when `stop` is set: the caller goes on with what has landed.
+    Returns the end offset reached per partition (as the broker's ListOffsets gave it at the
+    call: Tansu's can lag behind the log, and then the wait ends early). None (logged) when
+    `timeout_s` passed first, e.g. with ingest down, or when `stop` is set: the caller goes on
+    with what has landed.
     """
     from kafka import KafkaConsumer, TopicPartition
 
@@ -43,12 +45,12 @@ def wait_until_landed(
             committed = {tp: consumer.committed(tp) or 0 for tp in target}
             behind = {tp.partition: end - committed[tp] for tp, end in target.items() if committed[tp] < end}
             if not behind:
-                return True
+                return {tp.partition: end for tp, end in target.items()}
             if stop is not None and stop.is_set():
-                return False
+                return None
             if time.monotonic() >= deadline:
                 log.warning("ingest is still behind after %gs (records by partition: %s)", timeout_s, behind)
-                return False
+                return None
             time.sleep(poll_s)
     finally:
         consumer.close()

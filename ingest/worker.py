@@ -28,6 +28,7 @@ from stream.storage import make_client
 
 log = logging.getLogger(__name__)
 DLQ_SCAN_IDLE_POLLS = 60
+COMMIT_ATTEMPTS = 500  # about 10 s of retries while other commits run (see IngestWorker._commit)
 
 EVENTS = Counter("recstream_ingest_events_total", "Records consumed from transactions", ["result"])
 ROWS = Counter("recstream_ingest_rows_written_total", "Rows written to Parquet objects")
@@ -167,7 +168,7 @@ class IngestWorker:
             )
         for event in events:
             await self.stream.ack(event)
-        await self.app.consumer.commit()
+        await self._commit(events[-1].message.tp, batch.last + 1)
         ROWS.inc(len(batch.rows))
         OBJECTS.inc(len(marker.objects))
         FLUSH.observe(time.monotonic() - started)
@@ -179,6 +180,29 @@ class IngestWorker:
             len(batch.rows),
             len(marker.objects),
             len(batch.dead),
+        )
+
+    async def _commit(self, tp: Any, next_offset: int) -> None:
+        """Commit the partition's acked offsets up to `next_offset` before the flush counts as done.
+
+        Faust's `commit()` returns False without committing when another commit is running: it
+        waits for that one, which may have read the acked offsets before ours (three partitions
+        flushing at once lost a commit that way, and a kill -9 then duplicated a batch). So commit
+        again until Faust has recorded an offset at or past ours. Faust keeps that record in
+        `_committed_offset`; it has no public accessor.
+        """
+        consumer = self.app.consumer
+        for _ in range(COMMIT_ATTEMPTS):
+            if await consumer.commit({tp}):
+                return
+            committed = consumer._committed_offset.get(tp)
+            if committed is not None and committed >= next_offset:
+                return
+            await asyncio.sleep(0.02)
+        log.warning(
+            "partition %d: offset %d not committed yet; Faust's periodic commit will",
+            tp.partition,
+            next_offset,
         )
 
     def _dlq_partition(self, partition: int) -> int:
