@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import SEED, setup_logging, temporary_stack, write_result
+from deploy.processes import stop_child
 from ingest.batches import parse_object_name
 from stream.produce import produce_file
 from stream.producer import EventProducer
@@ -114,8 +114,7 @@ def main() -> None:
                     time.sleep(0.25)
                 seconds = time.monotonic() - start
             finally:
-                os.killpg(worker.pid, signal.SIGTERM)
-                worker.wait(timeout=30)
+                stop_child(worker, timeout=30)
     rate = EVENTS / seconds
     steady = (EVENTS - landed_first) / (seconds - (first_landing or 0))
     log.info("ingest: %.0f events/s (%.1fs, first object after %.1fs)", rate, seconds, first_landing or 0)

@@ -73,6 +73,7 @@ import numpy as np
 
 from bench.common import SEED, setup_logging, temporary_stack, write_result
 from bench.serving import percentile
+from deploy.processes import stop_child
 from stream.settings import FIELDS, Settings
 
 log = logging.getLogger("bench.scorer")
@@ -225,13 +226,7 @@ def scorer_process(settings: Settings, log_path: Path, metrics_port: int) -> Ite
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_child(proc, timeout=20)
         log.info("scorer pid %d stopped (exit %s)", proc.pid, proc.returncode)
 
 

@@ -117,6 +117,22 @@ def stop_pid(pid: int, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None
     raise StackError(f"process {pid} did not stop")
 
 
+def stop_child(proc: subprocess.Popen, timeout: float, sig: int = signal.SIGTERM) -> int:
+    """Stop a child started in its own session and its group: `sig`, SIGKILL after `timeout`.
+
+    Returns its exit code (the child is reaped, unlike with `stop_pid`).
+    """
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
+
+
 def last_log_line(log_path: Path) -> str:
     try:
         lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]

@@ -184,11 +184,14 @@ class DriftMonitor:
         self.window_start: deque[float] = deque(maxlen=config.window_events)
         self.reference: Reference | None = None
         self.expired = 0
+        thresholds = {
+            "page_hinkley_hit_rate": config.ph_threshold,
+            "psi_item_popularity": config.psi_threshold,
+            "unknown_item_share": config.unknown_item_threshold,
+            "unknown_user_share": config.unknown_user_threshold,
+        }
         self.alarms = {
-            "page_hinkley_hit_rate": Alarm(config.ph_threshold, config.cooldown_s, config.repeat_s),
-            "psi_item_popularity": Alarm(config.psi_threshold, config.cooldown_s, config.repeat_s),
-            "unknown_item_share": Alarm(config.unknown_item_threshold, config.cooldown_s, config.repeat_s),
-            "unknown_user_share": Alarm(config.unknown_user_threshold, config.cooldown_s, config.repeat_s),
+            name: Alarm(limit, config.cooldown_s, config.repeat_s) for name, limit in thresholds.items()
         }
         self.last: dict[str, float] = {}
 

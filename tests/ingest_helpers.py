@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from deploy.processes import stop_child
 from stream.settings import Settings
 from stream.storage import make_client
 
@@ -54,13 +55,7 @@ class Worker:
         return self.proc.poll() is None
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.alive():
-            os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_child(self.proc, timeout=20, sig=sig)
 
 
 def stored_rows(settings: Settings) -> list[dict]:

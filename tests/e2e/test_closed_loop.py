@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import pandas as pd
 import pytest
 
 from deploy import observe
+from deploy.processes import stop_child
 from recommender.client import RecommendationClient
 from retrain.dataset import read_seed
 from retrain.registry import ModelRegistry
@@ -87,12 +87,7 @@ def running(tmp_path: Path) -> Iterator[tuple[Settings, subprocess.Popen, dict[s
         wait_for(lambda: (home / "run" / "services.json").exists(), "the services", 120, up, home)
         yield load_settings({"RECSTREAM_HOME": str(home)}, environ={}), up, env
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGTERM)
-            try:
-                up.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(up.pid, signal.SIGKILL)
+        stop_child(up, timeout=90)
     assert up.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]
 
 

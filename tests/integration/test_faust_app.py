@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 from kafka_helpers import read_all
 
+from deploy.processes import stop_child
 from stream.producer import EventProducer
 from stream.settings import Settings
 
@@ -54,9 +54,4 @@ def test_worker_joins_and_echoes(settings: Settings, fresh_topic: str) -> None:
         )
         print(f"group joined and 50 records echoed {elapsed:.1f}s after they were sent")
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop_child(worker, timeout=20)
