@@ -1,8 +1,8 @@
 """The figures `recstream status` and the demo's live view show: read from what is running.
 
-Sources: the services' /metrics endpoints (recorded by the supervisor in services.json, else
-the configured ports), and the model registry in the object store. Nothing here needs the
-services' code. Rates need two looks: `rates(before, after)`.
+Sources: the services' /metrics endpoints (recorded by the supervisor in services.json), and
+the model registry in the object store. Nothing here needs the services' code.
+Rates need two looks: `rates(before, after)`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,11 @@ class Snapshot:
     requests: float = 0.0  # answers sent by the scorer (model, fallback, errors)
     request_errors: float = 0.0
     latency_p99_s: float | None = None
+    latency_p50_s: float | None = None
     hit_rate: dict[str, float] = field(default_factory=dict)  # model version -> online hit rate
+    drift: dict[str, float] = field(default_factory=dict)  # drift statistic -> last value
     drift_alerts: float = 0.0
+    drift_alerts_by: dict[str, float] = field(default_factory=dict)  # drift statistic -> alerts
     retrain_runs: float = 0.0
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)  # registry: version -> status, HR@10
     active_version: int | None = None
@@ -82,30 +85,25 @@ def histogram_quantile(samples: Samples, name: str, q: float) -> float | None:
     return None if math.isinf(bound) else bound
 
 
-def metrics_endpoints(settings: Settings, state: dict[str, Any]) -> dict[str, str]:
-    from deploy.supervisor import SERVICES
+def metrics_endpoints(services: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each service's metrics endpoint as its supervisor recorded it ("" when none is recorded),
+    from `supervisor.services_status`.
 
-    recorded = {name: s.get("metrics") for name, s in state.get("services", {}).items()}
-    return {
-        name: recorded.get(name) or f"{settings.metrics_host}:{getattr(settings, f'{name}_metrics_port')}"
-        for name in SERVICES
-    }
+    Never the default ports: on a machine with two stacks those may be the other stack's.
+    """
+    return {name: service.get("metrics") or "" for name, service in services.items()}
 
 
 def snapshot(settings: Settings, *, registry: Any = None) -> Snapshot:
-    from deploy.processes import pid_alive
-    from deploy.supervisor import read_state
+    from deploy.supervisor import SERVICES, services_status
 
-    state = read_state(settings.home)
+    services = services_status(settings.home, SERVICES)
     snap = Snapshot(at=time.time())
-    scraped = {name: scrape(endpoint) for name, endpoint in metrics_endpoints(settings, state).items()}
-    for name, samples in scraped.items():
-        info = state.get("services", {}).get(name, {})
-        snap.services[name] = {
-            "pid": info.get("pid") if pid_alive(info.get("pid")) else None,
-            "restarts": info.get("restarts", 0),
-            "metrics": bool(samples),
-        }
+    scraped = {
+        name: scrape(endpoint) if endpoint else {} for name, endpoint in metrics_endpoints(services).items()
+    }
+    for name, samples in scraped.items():  # as `status` shows it, "metrics": whether it answered
+        snap.services[name] = {**services[name], "metrics": bool(samples)}
     ingest, scorer = scraped["ingest"], scraped["scorer"]
     snap.events_in = total(ingest, "recstream_ingest_events_total")
     snap.events_ingested = total(ingest, "recstream_ingest_rows_written_total")
@@ -119,6 +117,12 @@ def snapshot(settings: Settings, *, registry: Any = None) -> Snapshot:
     snap.latency_p99_s = histogram_quantile(scorer, "recstream_scorer_latency_seconds", 0.99)
     snap.hit_rate = {lbl["version"]: v for lbl, v in scorer.get("recstream_drift_online_hit_rate", [])}
     snap.drift_alerts = total(scorer, "recstream_drift_alerts_total")
+    # For the timeline (deploy/timeline.py): the median, each statistic, which one alerted.
+    snap.latency_p50_s = histogram_quantile(scorer, "recstream_scorer_latency_seconds", 0.5)
+    snap.drift = {lbl.get("statistic", "?"): v for lbl, v in scorer.get("recstream_drift_statistic", [])}
+    for lbl, v in scorer.get("recstream_drift_alerts_total", []):
+        statistic = lbl.get("statistic", "?")
+        snap.drift_alerts_by[statistic] = snap.drift_alerts_by.get(statistic, 0.0) + v
     snap.retrain_runs = total(scraped["scheduler"], "recstream_scheduler_runs_total")
     _registry(settings, snap, registry)
     return snap

@@ -36,6 +36,25 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def check_pinned_free(
+    pinned: Mapping[str, int], host: str = "127.0.0.1", hosts: Mapping[str, str] | None = None
+) -> None:
+    """Pinned ports (setting -> port) must be free and distinct: else one StackError line naming them,
+    raised before anything starts instead of a service failing on "Address already in use".
+
+    Each is checked on `host`, or on `hosts[setting]` for one listening elsewhere; pass every port
+    of one start in one call, so that two settings pinned to one port are caught whatever they are."""
+    problems, seen = [], {}
+    for name, port in pinned.items():
+        if port in seen:
+            problems.append(f"{name} and {seen[port]} are both {port}")
+        elif not port_is_free(port, (hosts or {}).get(name, host)):
+            problems.append(f"{name} {port} is taken by another process")
+        seen.setdefault(port, name)
+    if problems:
+        raise StackError("; ".join(problems) + " (unset a port setting to have a free port chosen)")
+
+
 # Below the kernel's ephemeral range (32768+), so an outgoing connection cannot take a port
 # between the moment it is chosen and the moment the server binds it.
 PORT_RANGE = range(10000, 22000)
@@ -44,12 +63,12 @@ PORT_RANGE = range(10000, 22000)
 _PORTS = random.SystemRandom()  # not the global generator: training seeds that one
 
 
-def free_port() -> int:
-    """A port that is free now, outside the ephemeral range."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free now on `host`, outside the ephemeral range."""
     for port in _PORTS.sample(PORT_RANGE, 500):
-        if port_is_free(port):
+        if port_is_free(port, host):
             return port
-    raise StackError("no free port found on 127.0.0.1")
+    raise StackError(f"no free port found on {host}")
 
 
 def _proc_state(pid: int) -> str | None:

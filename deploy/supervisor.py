@@ -6,8 +6,15 @@ exits is started again after a backoff that doubles up to `max_backoff_s` and re
 it has run for `stable_after_s`. Stopping (Ctrl-C, SIGTERM, `recstream down`) sends
 SIGTERM to every service, then SIGKILL to what is left after the grace period.
 
-`$RECSTREAM_HOME/run/services.json` records the supervisor's pid and each service's pid,
-restarts and metrics endpoint, for `recstream status` and `recstream down`.
+Every port a service listens on (`SERVICE_PORTS`) is chosen free unless pinned in the
+environment, so two stacks in two homes never collide; a pinned port must be free before
+anything starts (`check_services`), and an unpinned one taken while its service was down is
+replaced at the restart. `$RECSTREAM_HOME/run/services.json` records the supervisor's pid
+and each service's pid, restarts, ports, metrics endpoint and last error, for
+`recstream status` and `recstream down` (and `stack.env` has the ports while they run, for
+programs that read the settings); `$RECSTREAM_HOME/prometheus/targets.json` lists the
+metrics endpoints for a Prometheus `file_sd_configs` (`prometheus/prometheus.yml` beside it
+is a config that uses it).
 """
 
 from __future__ import annotations
@@ -25,18 +32,149 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.processes import StackError, free_port, pid_alive, port_is_free, stop_pid
-from stream.settings import Settings
+from deploy.processes import StackError, check_pinned_free, free_port, pid_alive, port_is_free, stop_pid
+from stream.settings import FIELDS, Settings, read_env_file, write_env_file
 
 log = logging.getLogger(__name__)
 
 SERVICES = ("ingest", "updater", "scheduler", "scorer")
-METRICS_PORT = {
-    "ingest": "INGEST_METRICS_PORT",
-    "updater": "UPDATER_METRICS_PORT",
-    "scheduler": "SCHEDULER_METRICS_PORT",
-    "scorer": "SCORER_METRICS_PORT",
+# Every port setting of each service, one table: under `recstream up` each is chosen free unless
+# pinned, recorded, and checked before start. A new port of a service is one more entry here
+# (tests/unit/test_supervisor.py fails on a <SERVICE>_*_PORT setting missing from it); an entry
+# whose setting is not (yet) declared in stream/settings.py is ignored.
+SERVICE_PORTS: dict[str, tuple[str, ...]] = {
+    "ingest": ("INGEST_METRICS_PORT",),
+    "updater": ("UPDATER_METRICS_PORT",),
+    "scheduler": ("SCHEDULER_METRICS_PORT",),
+    "scorer": ("SCORER_METRICS_PORT", "SCORER_HTTP_PORT"),
 }
+METRICS_PORT = {name: f"{name.upper()}_METRICS_PORT" for name in SERVICES}
+_FIELDS = {f.env: f for f in FIELDS}
+TAIL_BYTES = 64 * 1024  # how much of a log is read to find a service's last error
+
+
+def service_ports(name: str) -> tuple[str, ...]:
+    """The declared port settings of a service (env names)."""
+    return tuple(env for env in SERVICE_PORTS.get(name, ()) if env in _FIELDS)
+
+
+def pinned_ports(environ: Mapping[str, str], services: tuple[str, ...] = SERVICES) -> dict[str, int]:
+    """Port settings the user set to a port (not empty, not 0) in `environ`: env name -> port."""
+    pinned = {}
+    for name in services:
+        for env in service_ports(name):
+            raw = (environ.get(env) or "").strip()
+            if not raw:
+                continue
+            try:
+                port = int(_FIELDS[env].parse(raw))
+            except ValueError as exc:
+                raise StackError(f"{env}={raw!r}: {exc}") from None
+            if port:
+                pinned[env] = port
+    return pinned
+
+
+def check_pinned(
+    environ: Mapping[str, str], host: str, services: tuple[str, ...] = SERVICES
+) -> dict[str, int]:
+    """The pinned service ports, each free and pinned once; else one StackError line naming them."""
+    pinned = pinned_ports(environ, services)
+    check_pinned_free(pinned, host)
+    return pinned
+
+
+def check_services(
+    home: Path,
+    host: str,
+    environ: Mapping[str, str] | None = None,
+    infra: Mapping[str, int] | None = None,
+) -> None:
+    """What `recstream up` checks before it starts anything: no services of this home run yet, and
+    every pinned port is free and pinned once, the services' (on `host`) and those of the parts of
+    the infrastructure it will start (`infra`, setting -> port, on 127.0.0.1) in one check: two
+    settings pinned to one port collide whichever half each belongs to."""
+    if read_state(home, alive_only=False):
+        raise StackError(f"services of {home} may still run: `recstream down` first")
+    services = pinned_ports(os.environ if environ is None else environ)
+    infra = dict(infra or {})
+    check_pinned_free({**infra, **services}, host, hosts=dict.fromkeys(infra, "127.0.0.1"))
+
+
+def last_error(log_path: Path, name: str) -> str:
+    """The line of a service's log, since its last start, that best says why it exited.
+
+    The CLI's one-line error (`recstream: ...`) if there is one, else the last error-looking
+    line (a traceback ends in one), else the last line.
+    """
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(max(handle.seek(0, os.SEEK_END) - TAIL_BYTES, 0))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    marker = text.rfind(f" start {name}\n")
+    lines = [ln.strip() for ln in text[marker + 1 if marker >= 0 else 0 :].splitlines()[1:] if ln.strip()]
+    if not lines:
+        return ""
+    ranked = (
+        [ln for ln in lines if ln.startswith("recstream: ")],
+        [ln for ln in lines if "Error" in ln or "Exception" in ln or " ERROR " in ln or " CRITICAL " in ln],
+        lines,
+    )
+    return next(group[-1] for group in ranked if group)[:300]
+
+
+def recorded_ports(home: Path) -> dict[str, int]:
+    """Every port setting of the services a running supervisor of `home` recorded."""
+    services = read_state(home).get("services", {}).values()
+    return {setting: port for service in services for setting, port in service.get("ports", {}).items()}
+
+
+def write_stack_env_ports(home: Path, ports: Mapping[str, int]) -> None:
+    """Put the services' ports in stack.env beside the endpoints (none once they stop), so that a
+    program reading the settings of this home (`recstream request --http`) finds them."""
+    path = home / "stack.env"
+    current = read_env_file(path)
+    if not current:
+        return  # no stack of this home wrote one
+    every = {setting for settings in SERVICE_PORTS.values() for setting in settings}
+    values = {k: v for k, v in current.items() if k not in every} | {k: str(v) for k, v in ports.items()}
+    if values != current:
+        write_env_file(path, values)
+
+
+def targets_path(home: Path) -> Path:
+    return home / "prometheus" / "targets.json"
+
+
+PROMETHEUS_CONFIG = """\
+# written by `recstream up`: `prometheus --config.file=<this file>` scrapes this home's services,
+# found in targets.json beside it (rewritten when a port changes; empty once the services stop).
+global:
+  scrape_interval: 15s
+scrape_configs:
+  - job_name: recstream
+    file_sd_configs:
+      - files: [targets.json]
+"""
+
+
+def write_targets(home: Path, endpoints: Mapping[str, str]) -> None:
+    """Prometheus file_sd targets of the services' metrics: one group per service, `job` = its name."""
+    path = targets_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    groups = [
+        {"targets": [endpoint], "labels": {"job": name, "recstream_home": str(home)}}
+        for name, endpoint in endpoints.items()
+        if endpoint
+    ]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(groups, indent=1))
+    os.replace(tmp, path)
+    config = path.parent / "prometheus.yml"
+    if not config.exists():
+        config.write_text(PROMETHEUS_CONFIG)
 
 
 @dataclass
@@ -44,13 +182,20 @@ class Service:
     name: str
     env: dict[str, str]
     log_path: Path
-    metrics: str
+    ports: dict[str, int] = field(default_factory=dict)  # port setting -> port
+    host: str = "127.0.0.1"
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
     restarts: int = 0
     backoff_s: float = 1.0
     restart_at: float | None = None
     exits: list[int] = field(default_factory=list)
+    last_error: str = ""
+
+    @property
+    def metrics(self) -> str:
+        port = self.ports.get(METRICS_PORT.get(self.name, ""))
+        return f"{self.host}:{port}" if port else ""
 
 
 class Supervisor:
@@ -69,22 +214,38 @@ class Supervisor:
         self.state_path = self.home / "run" / "services.json"
         self.stable_after_s, self.max_backoff_s, self.grace_s = stable_after_s, max_backoff_s, grace_s
         base = {**os.environ, "RECSTREAM_HOME": str(self.home), **(env or {})}
+        self.host = settings.metrics_host
+        self.pinned = check_pinned(base, self.host, services)
         self.services = []
         for name in services:
-            env, metrics = dict(base), ""
-            if name in METRICS_PORT:
-                port = self._metrics_port(name, base)
-                env[METRICS_PORT[name]], metrics = str(port), f"{settings.metrics_host}:{port}"
-            self.services.append(Service(name, env, self.home / "logs" / f"{name}.log", metrics))
+            service = Service(name, dict(base), self.home / "logs" / f"{name}.log", host=self.host)
+            self.services.append(service)
+            for setting in service_ports(name):
+                self._assign(service, setting, self.pinned.get(setting) or self._free_port())
 
-    def _metrics_port(self, name: str, env: Mapping[str, str]) -> int:
-        """The configured port while free; else (or when 0) a free one, recorded for `status`."""
-        configured = int(env.get(METRICS_PORT[name]) or getattr(self.settings, f"{name}_metrics_port"))
-        if configured and port_is_free(configured, self.settings.metrics_host):
-            return configured
-        if configured:
-            log.warning("%s: metrics port %d is taken; using a free one", name, configured)
-        return free_port()
+    def _taken(self) -> set[int]:
+        return {port for service in self.services for port in service.ports.values()} | set(
+            self.pinned.values()
+        )
+
+    def _free_port(self) -> int:
+        """A port free now and not given to another service of this supervisor."""
+        taken = self._taken()
+        while (port := free_port(self.host)) in taken:
+            pass
+        return port
+
+    @staticmethod
+    def _assign(service: Service, setting: str, port: int) -> None:
+        service.ports[setting] = port
+        service.env[setting] = str(port)
+
+    def _replace_taken_ports(self, service: Service) -> None:
+        """Before a restart: an unpinned port another process took meanwhile gets a new free one."""
+        for setting, port in list(service.ports.items()):
+            if setting not in self.pinned and not port_is_free(port, self.host):
+                self._assign(service, setting, new := self._free_port())
+                log.warning("%s: %s %d was taken; now %d", service.name, setting, port, new)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -117,15 +278,20 @@ class Supervisor:
             if service.proc is not None and service.proc.poll() is not None:
                 code = service.proc.returncode
                 service.exits.append(code)
+                service.last_error = f"exit {code}: {last_error(service.log_path, service.name) or '-'}"
                 if now - service.started_at >= self.stable_after_s:
                     service.backoff_s = 1.0
                 service.restart_at = now + service.backoff_s
-                events.append(f"{service.name} exited with {code}; restarting in {service.backoff_s:g}s")
+                events.append(
+                    f"{service.name} exited ({service.last_error}); restarting in {service.backoff_s:g}s"
+                )
                 log.warning(events[-1])
                 service.backoff_s = min(service.backoff_s * 2, self.max_backoff_s)
                 service.proc = None
+                self._save()
             if service.proc is None and service.restart_at is not None and now >= service.restart_at:
                 service.restarts += 1
+                self._replace_taken_ports(service)
                 self._start(service)
                 self._save()
         return events
@@ -148,6 +314,8 @@ class Supervisor:
                     stop_pid(service.proc.pid, timeout=0.1)
             log.info("%s: stopped", service.name)
         self.state_path.unlink(missing_ok=True)
+        write_targets(self.home, {})
+        write_stack_env_ports(self.home, {})
 
     def _save(self) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +325,10 @@ class Supervisor:
                 s.name: {
                     "pid": s.proc.pid if s.proc else None,
                     "restarts": s.restarts,
+                    "ports": s.ports,
+                    "pinned": sorted(set(s.ports) & set(self.pinned)),
                     "metrics": s.metrics,
+                    "last_error": s.last_error,
                     "log": str(s.log_path),
                 }
                 for s in self.services
@@ -166,6 +337,8 @@ class Supervisor:
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, self.state_path)
+        write_targets(self.home, {s.name: s.metrics for s in self.services})
+        write_stack_env_ports(self.home, {k: v for s in self.services for k, v in s.ports.items()})
 
 
 def read_state(home: Path, *, alive_only: bool = True) -> dict:
@@ -175,6 +348,23 @@ def read_state(home: Path, *, alive_only: bool = True) -> dict:
     except (OSError, ValueError):
         return {}
     return state if not alive_only or pid_alive(state.get("supervisor")) else {}
+
+
+def services_status(home: Path, names: tuple[str, ...] | None = None) -> dict[str, dict]:
+    """Each supervised service of this home as `status` shows it ({} when no supervisor runs);
+    with `names`, exactly those services, one not recorded shown as not running."""
+    recorded = read_state(home).get("services", {})
+    return {
+        name: {
+            "pid": info.get("pid") if pid_alive(info.get("pid")) else None,
+            "restarts": info.get("restarts", 0),
+            "ports": info.get("ports", {}),
+            "metrics": info.get("metrics") or "",
+            "last_error": info.get("last_error", ""),
+        }
+        for name in (recorded if names is None else names)
+        for info in [recorded.get(name, {})]
+    }
 
 
 def _is_service(pid: int | None, name: str) -> bool:
@@ -204,4 +394,6 @@ def stop_running(home: Path, timeout_s: float = 60.0) -> bool:
             stop_pid(service["pid"])
             stopped = True
     (home / "run" / "services.json").unlink(missing_ok=True)
+    if targets_path(home).exists():
+        write_targets(home, {})
     return stopped

@@ -7,9 +7,10 @@ date of each event's time into objects whose names derive from the offsets they 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from stream.schemas import Transaction
 
@@ -17,8 +18,22 @@ PREFIX = "transactions"
 COLUMNS = ("event_id", "user_id", "item_id", "quantity", "ts", "partition", "offset")
 
 
+_EPOCH = date(1970, 1, 1)
+_FIRST_DAY, _LAST_DAY = (date.min - _EPOCH).days, (date.max - _EPOCH).days
+
+
 def event_date(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d")
+    """The UTC date of an epoch time, YYYY-MM-DD. Total: a flush must never fail on a row, so a
+    time beyond what a date can hold maps to the first or last date, and NaN to the first
+    (validated events never do either: stream.schemas bounds ts to (0, MAX_TS] and rejects NaN)."""
+    try:
+        day = datetime.fromtimestamp(ts, tz=UTC).date()
+    except (OverflowError, ValueError, OSError):
+        days = _LAST_DAY if ts > 0 else _FIRST_DAY  # NaN > 0 is False
+        if math.isfinite(ts):
+            days = min(max(math.floor(ts / 86400), _FIRST_DAY), _LAST_DAY)
+        day = _EPOCH + timedelta(days=days)
+    return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
 
 
 def object_name(date: str, partition: int, first: int, last: int) -> str:

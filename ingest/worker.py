@@ -22,7 +22,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from ingest.batches import Batch, DeadLetter
 from ingest.landing import Backoff, Lander, Marker
 from stream.faust_app import create_app
-from stream.schemas import InvalidMessage, derive_event_id, parse_transaction
+from stream.schemas import InvalidMessage, derive_event_id, future_limit, parse_transaction
 from stream.settings import Settings
 from stream.storage import make_client
 
@@ -107,6 +107,9 @@ class IngestWorker:
                     key=message.key,
                     default_event_id=derive_event_id(message.topic, partition, message.offset),
                     default_ts=message.timestamp,
+                    # Event time window: a far-future or undatable ts is a dead letter here, never
+                    # a flush that fails for good and stops the partition.
+                    max_ts=future_limit(self.settings.event_max_future_s, time.time(), message.timestamp),
                 )
             except InvalidMessage as exc:
                 batch.add_dead(DeadLetter(message.offset, message.key, message.value, exc.reason))
@@ -221,7 +224,9 @@ class IngestWorker:
         }
         tp = TopicPartition(self.settings.dlq_topic, self._dlq_partition(batch.partition))
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.require("kafka_bootstrap"), enable_auto_commit=False
+            bootstrap_servers=self.settings.require("kafka_bootstrap"),
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
         )
         await consumer.start()
         found: set[int] = set()

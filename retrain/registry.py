@@ -26,8 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 from minio import Minio
 from minio.commonconfig import CopySource
+from prometheus_client import Counter
 
-from stream.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent, parse_model_event
+from stream.errors import RecstreamError
+from stream.model_events import (
+    ACTIVATED,
+    MAX_EVENT_BYTES,
+    PUBLISHED,
+    REJECTED,
+    ROLLED_BACK,
+    ModelEvent,
+    parse_model_event,
+)
 from stream.schemas import InvalidMessage
 
 if TYPE_CHECKING:
@@ -36,6 +46,37 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METADATA = "metadata.json"
+INVALID_EVENTS = Counter(
+    "recstream_registry_invalid_events_total",
+    "Objects under <model>/_events/ skipped because they are not a valid event",
+    ["model"],
+)
+
+
+class UnsafeObjectKey(RecstreamError, ValueError):
+    """An object key that would write outside the download's destination; nothing was written."""
+
+
+def contained_path(dest: Path, relative_key: str) -> Path:
+    """Where the object named `relative_key` (its key below the downloaded prefix) goes in `dest`.
+
+    Refused before any byte is written: an empty key, an absolute one, empty / `.` / `..` parts,
+    NUL or backslashes, and anything that resolves (symlinks included) outside `dest`.
+    """
+    parts = relative_key.split("/")
+    if (
+        not relative_key
+        or relative_key.startswith("/")
+        or "\\" in relative_key
+        or "\x00" in relative_key
+        or any(part in {"", ".", ".."} for part in parts)
+    ):
+        raise UnsafeObjectKey(f"object key {relative_key!r} is not a plain relative path")
+    root = dest.resolve()
+    target = (root / relative_key).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise UnsafeObjectKey(f"object key {relative_key!r} resolves outside {dest}")
+    return target
 
 
 @dataclass
@@ -122,14 +163,29 @@ class ModelRegistry:
         )
         for name in names:
             if name not in self._events:
-                try:
-                    self._events[name] = parse_model_event(self._get(name))
-                except InvalidMessage as exc:
-                    log.warning("registry: ignoring unreadable event %s (%s)", name, exc.reason)
-                    self._events[name] = None
+                self._events[name] = self._read_event(name)
             if (event := self._events[name]) is not None:
                 state.apply(event)
         return state
+
+    def _read_event(self, name: str) -> ModelEvent | None:
+        """The event an object holds, or None (logged, counted, remembered) when it holds none:
+        one malformed object must not stop every reader of the registry."""
+        try:
+            data = self._get(name, limit=MAX_EVENT_BYTES)  # a store error is raised: state() is retried
+        except InvalidMessage as exc:
+            data, reason = None, exc.reason
+        if data is not None:
+            try:
+                return parse_model_event(data)
+            except InvalidMessage as exc:
+                reason = exc.reason
+            except Exception as exc:  # a parser bug must not wedge the registry either
+                reason = type(exc).__name__
+                log.error("registry: event %s could not be parsed", name, exc_info=True)
+        log.warning("registry: ignoring unreadable event %s (%s)", name, reason)
+        INVALID_EVENTS.labels(self.model).inc()
+        return None
 
     # -- versions ----------------------------------------------------------------------------
     def prefix(self, version: int) -> str:
@@ -174,9 +230,10 @@ class ModelRegistry:
         names = [o.object_name for o in objects]
         if prefix + METADATA not in names:
             raise FileNotFoundError(f"version {version} of {self.model} is not in the registry's bucket")
+        targets = [(name, contained_path(dest, name.removeprefix(prefix))) for name in names]
         dest.mkdir(parents=True)
-        for name in names:
-            self.client.fget_object(self.bucket, name, str(dest / name.removeprefix(prefix)))
+        for name, target in targets:
+            self.client.fget_object(self.bucket, name, str(target))
         return dest
 
     def metadata(self, version: int) -> dict[str, Any]:
@@ -186,10 +243,16 @@ class ModelRegistry:
     def _put(self, name: str, data: bytes, content_type: str) -> None:
         self.client.put_object(self.bucket, name, io.BytesIO(data), len(data), content_type=content_type)
 
-    def _get(self, name: str) -> bytes:
+    def _get(self, name: str, limit: int | None = None) -> bytes:
+        """The object's bytes; with `limit`, more than `limit` bytes is InvalidMessage (read no further)."""
         response = self.client.get_object(self.bucket, name)
         try:
-            return response.read()
+            if limit is None:
+                return response.read()
+            data = response.read(limit + 1)
+            if len(data) > limit:
+                raise InvalidMessage(f"value: larger than {limit} bytes")
+            return data
         finally:
             response.close()
             response.release_conn()

@@ -8,6 +8,10 @@ right after it: the run in progress read its data before the alert, maybe before
 had landed. A drift run first waits (bounded) until ingest has landed every purchase sent
 before it starts, so the purchases that raised the alert are in its data. A failing run is
 logged and counted; the loop goes on.
+
+Every run after a drift alert is told where the drift started (`drift_from`: the alert window's
+start, see `drift_start`), so it weighs the purchases since then more and is judged on them
+(retrain.job.recency_plan). Alerts of one episode keep its earliest start.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from stream.alerts import DriftAlert, parse_drift_alert
 from stream.errors import RecstreamError
-from stream.schemas import InvalidMessage
+from stream.schemas import InvalidMessage, finite_number
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,24 @@ ALERTS = Counter("recstream_scheduler_drift_alerts_total", "Drift alerts consume
 LAST_RUN = Gauge("recstream_scheduler_last_run_timestamp_seconds", "End of the last retrain run")
 
 
+# A concept alert's window has no start time (it counts outcomes): the drift is taken to have
+# started this long before the alert.
+CONCEPT_LOOKBACK_S = 600.0
+
+
+def drift_start(alert: DriftAlert) -> tuple[float, bool]:
+    """When the drift behind `alert` started, and whether the alert says so (measured): its
+    window's `from` (arrival time of the first purchase of a data alert's window), else a guess,
+    CONCEPT_LOOKBACK_S before the alert."""
+    try:  # the window is the alert's free-form part: an int beyond a float must not raise here
+        start = finite_number(alert.window.get("from"), "window.from")
+    except InvalidMessage:
+        start = None
+    if start is not None and start <= alert.ts:
+        return start, True
+    return alert.ts - CONCEPT_LOOKBACK_S, False
+
+
 class Abandoned(RecstreamError):
     """The scheduler is stopping: the run in progress ends at its next epoch, publishing nothing."""
 
@@ -62,6 +84,7 @@ class RetrainScheduler:
         misfire_grace_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         settle: Callable[[], Any] | None = None,
+        episode_s: float = 3600.0,
     ) -> None:
         self.retrain = retrain
         self.settle = settle  # called before a drift run: wait for the data behind the alert
@@ -75,6 +98,11 @@ class RetrainScheduler:
         self.follow_up = False  # an alert came during the run in progress: run again after it
         self.started = 0.0
         self.runs = 0
+        # Start of the latest drift (epoch seconds) for the runs after it; an alert within
+        # `episode_s` of it belongs to the same drift and keeps the earlier start.
+        self.drift_from: float | None = None
+        self.drift_measured = False  # drift_from comes from an alert's window, not a guess
+        self.episode_s = episode_s
         self._lock = threading.Lock()
         self.scheduler = BackgroundScheduler(timezone=UTC)
         # Drift-only (interval 0): a paused job whose interval never comes; an alert moves it to now.
@@ -144,6 +172,9 @@ class RetrainScheduler:
         During a run, the retrain is one more run right after it (several alerts: still one).
         """
         now = self.clock()
+        # Noted even within the cooldown: a data alert's measured start, often just after the
+        # concept alert that started the run, must reach the runs after it.
+        self._note_drift(*drift_start(alert))
         if self.last_drift_run is not None and now - self.last_drift_run < self.cooldown_s:
             ALERTS.labels(alert.kind, "cooldown").inc()
             log.info(
@@ -172,6 +203,19 @@ class RetrainScheduler:
             self._run_now()
         return True
 
+    def _note_drift(self, start: float, measured: bool) -> None:
+        """Remember where the drift started: an alert within `episode_s` of the remembered start is
+        the same drift, whose start is the earliest measured one (a measured start replaces a guess;
+        a guess never replaces a measured start); a later one is a new drift."""
+        with self._lock:
+            known = self.drift_from
+            if known is None or start - known > self.episode_s:
+                self.drift_from, self.drift_measured = start, measured
+            elif measured and not self.drift_measured:
+                self.drift_from, self.drift_measured = start, True
+            elif measured == self.drift_measured:
+                self.drift_from = min(known, start)
+
     def _run_now(self) -> None:
         # Moving the one job's next run keeps "one run at a time" (max_instances=1).
         self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC) + timedelta(milliseconds=10))
@@ -187,6 +231,7 @@ def consume_alerts(settings: Settings, scheduler: RetrainScheduler, stop: thread
         group_id="recstream-scheduler",
         enable_auto_commit=False,
         auto_offset_reset="latest",  # a fresh scheduler acts on new alerts, not on history
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         session_timeout_ms=int(settings.broker_session_timeout_s * 1000),
         heartbeat_interval_ms=int(settings.broker_heartbeat_s * 1000),
         max_poll_interval_ms=300_000,
@@ -197,13 +242,21 @@ def consume_alerts(settings: Settings, scheduler: RetrainScheduler, stop: thread
                 for record in records:
                     try:
                         alert = parse_drift_alert(record.value)
-                    except InvalidMessage as exc:
+                    except InvalidMessage as exc:  # skipped and committed: never read again
                         ALERTS.labels("invalid", "ignored").inc()
                         log.warning(
                             "ignoring invalid drift alert at offset %d: %s", record.offset, exc.reason
                         )
                         continue
-                    scheduler.on_alert(alert)
+                    except Exception:  # a parser bug must not crash-loop on an uncommitted offset
+                        ALERTS.labels("invalid", "ignored").inc()
+                        log.error("ignoring drift alert at offset %d", record.offset, exc_info=True)
+                        continue
+                    try:  # nor may acting on one alert: logged, counted, committed with the rest
+                        scheduler.on_alert(alert)
+                    except Exception:
+                        ALERTS.labels("invalid", "ignored").inc()
+                        log.error("could not act on drift alert at offset %d", record.offset, exc_info=True)
                 consumer.commit()
     finally:
         consumer.close()
@@ -227,10 +280,11 @@ def run(settings: Settings) -> None:
             raise Abandoned(f"stopping after epoch {epoch}/{epochs}")
 
     scheduler = RetrainScheduler(
-        lambda: retrain_once(settings, progress),
+        lambda: retrain_once(settings, progress, drift_from=scheduler.drift_from),
         settings.retrain_interval_s,
         settings.retrain_cooldown_s,
         settle=lambda: wait_until_landed(settings, max(30.0, 3 * settings.ingest_flush_s), stop=stop),
+        episode_s=settings.retrain_recent_s or 3600.0,
     )
     scheduler.start()
     try:

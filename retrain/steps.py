@@ -138,11 +138,16 @@ class RunObjects:
         return len(files)
 
     def download_dir(self, under: str, dest: Path) -> Path:
+        """Every object under `under` into `dest`; a key that would land outside `dest` is refused
+        (UnsafeObjectKey) before anything is written."""
+        from retrain.registry import contained_path
+
         names = self.names(under)
         if not names:
             raise MissingStepOutput(f"run {self.run_id}: nothing under {self.where(under)}")
-        for name in names:
-            self.client.fget_object(self.bucket, self.prefix + name, str(dest / name.removeprefix(under)))
+        targets = [(name, contained_path(dest, name.removeprefix(under))) for name in names]
+        for name, target in targets:
+            self.client.fget_object(self.bucket, self.prefix + name, str(target))
         return dest
 
     def remove(self, under: str = "", last: str | None = None) -> int:

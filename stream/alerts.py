@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.schemas import InvalidMessage
+from stream.model_events import MAX_EVENT_DEPTH, MAX_NAME_LENGTH, MAX_VERSION
+from stream.schemas import InvalidMessage, finite_number, load_json
 
 KINDS = ("concept", "data")
 
@@ -37,32 +37,24 @@ class DriftAlert:
 
 
 def parse_drift_alert(value: bytes | None) -> DriftAlert:
-    try:
-        obj = json.loads(value or b"")
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidMessage("value: not a JSON object") from None
+    """Validate a `drift-alerts` record; InvalidMessage is the only exception any bytes can raise."""
+    obj = load_json(value, max_depth=MAX_EVENT_DEPTH)
     if not isinstance(obj, dict):
         raise InvalidMessage("value: not a JSON object")
-    if obj.get("kind") not in KINDS:
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or kind not in KINDS:
         raise InvalidMessage(f"kind: expected one of {', '.join(KINDS)}")
-    if not isinstance(obj.get("statistic"), str):
-        raise InvalidMessage("statistic: expected a string")
-    numbers = {name: obj.get(name) for name in ("value", "threshold", "ts")}
-    for name, number in numbers.items():
-        if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
-            raise InvalidMessage(f"{name}: expected a finite number")
+    statistic = obj.get("statistic")
+    if not isinstance(statistic, str) or len(statistic) > MAX_NAME_LENGTH:
+        raise InvalidMessage(f"statistic: expected a string of at most {MAX_NAME_LENGTH} characters")
+    numbers = {
+        name: finite_number(obj.get(name), name, "expected a finite number")
+        for name in ("value", "threshold", "ts")
+    }
     version = obj.get("model_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise InvalidMessage("model_version: expected a non-negative integer")
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= MAX_VERSION:
+        raise InvalidMessage("model_version: expected a non-negative integer below 2**63")
     window = obj.get("window", {})
     if not isinstance(window, dict):
         raise InvalidMessage("window: expected an object")
-    return DriftAlert(
-        obj["kind"],
-        obj["statistic"],
-        float(numbers["value"]),
-        float(numbers["threshold"]),
-        version,
-        window,
-        float(numbers["ts"]),
-    )
+    return DriftAlert(kind, statistic, numbers["value"], numbers["threshold"], version, window, numbers["ts"])

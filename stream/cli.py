@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
 
+    report = sub.add_parser("report", help="the last run of `up` as one HTML page (timeline, versions)")
+    report.add_argument(
+        "--out", type=Path, metavar="FILE", help="where to write it (default $RECSTREAM_HOME/report.html)"
+    )
+    report.set_defaults(func=cmd_report)
+
     produce = sub.add_parser("produce", help="send purchase events from a seed, JSONL or CSV file")
     produce.add_argument("file", type=Path, help="customerId,products seed file, or events as JSONL/CSV")
     produce.add_argument(
@@ -139,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_argument(
         "--timeout", type=_arg(positive_float), default=30.0, help="seconds to wait for the answer"
     )
+    request.add_argument(
+        "--http", action="store_true", help="ask the scorer's HTTP view instead of the request topic"
+    )
     request.set_defaults(func=cmd_request)
 
     rollback = sub.add_parser("rollback", help="serve the previous (or given) version at once")
@@ -181,11 +190,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.for_s and not args.demo:
         raise RecstreamError("--for goes with --demo")
     stack = _stack(args)
-    already = {part.name for part in stack.status() if part.pid}
+    parts = stack.status()
+    already = {part.name for part in parts if part.pid}
+    # Before anything starts, in one check: the pinned ports of the parts this `up` starts (not a
+    # configured endpoint, not our own part still running) and of the services are free and distinct.
+    infra = stack.pinned_ports_to_start()
+    if args.infra:
+        from deploy.processes import check_pinned_free
+
+        check_pinned_free(infra)
+    else:  # and no services of this home run
+        from deploy.supervisor import check_services
+
+        check_services(stack.home, stack.configured.metrics_host, infra=infra)
     settings = stack.up()
     for part in stack.status():
         origin = f"pid {part.pid}" if part.managed else "configured"
-        print(f"{part.name:<12} {part.endpoint:<22} {origin}")
+        print(f"{part.name:<14} {part.endpoint:<22} {origin}")
     print(f"endpoints written to {settings.stack_env_path}")
     if args.infra:
         return 0
@@ -208,10 +229,9 @@ def _supervise(args: argparse.Namespace, settings) -> int:
 
     from deploy import demo as demo_mode
     from deploy import observe
-    from deploy.supervisor import Supervisor, read_state
+    from deploy.supervisor import Supervisor
+    from deploy.timeline import Recorder
 
-    if read_state(settings.home, alive_only=False):
-        raise RecstreamError(f"services of {settings.home} may still run: `recstream down` first")
     seed = args.seed or DEFAULT_SEED
     if args.demo and not seed.is_file():
         raise RecstreamError(f"seed file not found: {seed} (give one with --seed)")
@@ -219,10 +239,13 @@ def _supervise(args: argparse.Namespace, settings) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
         signal.signal(signum, lambda *_: stop.set())
     supervisor = Supervisor(settings, env=demo_mode.DEMO_ENV if args.demo else None)
-    demo = snap = None
+    demo = snap = recorder = None
     started = time.monotonic()
     try:
         supervisor.start()
+        for service in supervisor.services:  # where each one's metrics are (chosen free unless pinned)
+            print(f"{service.name:<12} {service.metrics or '-':<22} pid {service.proc.pid}", flush=True)
+        recorder = Recorder(settings).start()  # the run's timeline, for `recstream report`
         if args.demo:
             demo = demo_mode.Demo(settings, seed, args.rate)
             demo.start(stop)
@@ -234,12 +257,18 @@ def _supervise(args: argparse.Namespace, settings) -> int:
                 demo.join()
                 snap = observe.snapshot(settings)
         finally:
+            if recorder is not None:
+                recorder.stop()  # a last sample while the services still run
             supervisor.stop()
     if demo is not None and snap is not None:
         body = demo_mode.summary(demo, snap, time.monotonic() - started)
         path = demo_mode.write_summary(settings, body)
         print(json.dumps(body, indent=1))
         print(f"summary written to {path}")
+        try:
+            print(f"report written to {demo_mode.write_report(settings, body)}")
+        except Exception as exc:  # the run itself went fine: its summary is written
+            log.warning("the report could not be written: %s", exc)
     return 0
 
 
@@ -294,9 +323,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     import time
 
     from deploy import observe
+    from deploy.supervisor import services_status
 
     stack = _stack(args)
     parts = stack.status()
+    services = services_status(stack.home)  # ports and last errors, also while the stack is down
     healthy = all(part.healthy for part in parts)
     snap = rates = None
     if healthy:
@@ -306,7 +337,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         snap = observe.snapshot(settings)
         rates = observe.rates(before, snap)
     if args.json:
-        body: dict = {"parts": [asdict(part) for part in parts]}
+        body: dict = {"parts": [asdict(part) for part in parts], "services": services}
         if snap is not None:
             body |= {"snapshot": snap.to_dict(), "rates": rates}
         print(json.dumps(body))
@@ -315,11 +346,26 @@ def cmd_status(args: argparse.Namespace) -> int:
             health = "healthy" if part.healthy else "DOWN"
             where = part.endpoint or "-"
             origin = (f"pid {part.pid}" if part.pid else "not running") if part.managed else "configured"
-            print(f"{part.name:<12} {where:<22} {origin:<12} {health}")
+            print(f"{part.name:<14} {where:<22} {origin:<14} {health}")
+        for name, service in services.items():
+            ports = " ".join(f"{setting}={port}" for setting, port in service["ports"].items())
+            origin = f"pid {service['pid']}" if service["pid"] else "not running"
+            restarts = f" {service['restarts']} restarts" if service["restarts"] else ""
+            print(f"{name:<14} {service['metrics'] or '-':<22} {origin:<14} {ports}{restarts}")
+            if service["last_error"] and (service["restarts"] or not service["pid"]):
+                print(f"{'':<14} last error: {service['last_error']}")
         if snap is not None:
             for name, value in observe.figures(snap, rates).items():
                 print(f"{name:<16} {value}")
     return 0 if healthy else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Render the timeline `up` recorded (nothing needs to run)."""
+    from deploy.report import write_report
+
+    print(f"report written to {write_report(_settings(args).home, args.out)}")
+    return 0
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -477,10 +523,13 @@ def cmd_scorer(args: argparse.Namespace) -> int:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    from recommender.client import RecommendationClient
+    from recommender.client import RecommendationClient, recommend_http
 
-    with RecommendationClient(_settings(args)) as client:
-        answer = client.request(args.user, args.k, timeout_s=args.timeout)
+    if args.http:
+        answer = recommend_http(_settings(args), args.user, args.k, timeout_s=args.timeout)
+    else:
+        with RecommendationClient(_settings(args)) as client:
+            answer = client.request(args.user, args.k, timeout_s=args.timeout)
     print(json.dumps(answer, indent=1))
     return 0 if "error" not in answer else 1
 

@@ -7,12 +7,18 @@ the registry can never disagree about what an event means.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.schemas import InvalidMessage
+from stream.schemas import MAX_MESSAGE_BYTES, InvalidMessage, finite_number, load_json
+
+# Control events share the one message bound (checked before parsing; a real event is a few
+# hundred bytes); the name stays for the registry's reads of event objects.
+MAX_EVENT_BYTES = MAX_MESSAGE_BYTES
+MAX_EVENT_DEPTH = 16  # the event object, its metrics and what they hold
+MAX_NAME_LENGTH = 256
+MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
 
 PUBLISHED, ACTIVATED, REJECTED, ROLLED_BACK = "published", "activated", "rejected", "rolled_back"
 EVENTS = (PUBLISHED, ACTIVATED, REJECTED, ROLLED_BACK)
@@ -53,19 +59,17 @@ class ModelEvent:
 
 
 def parse_model_event(value: bytes | None) -> ModelEvent:
-    """Validate a `model-updates` record; InvalidMessage names the field at fault."""
-    try:
-        obj = json.loads(value or b"")
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidMessage("value: not a JSON object") from None
+    """Validate a `model-updates` record (or a registry event object); InvalidMessage names the
+    field at fault and is the only exception any bytes can raise."""
+    obj = load_json(value, max_depth=MAX_EVENT_DEPTH)
     if not isinstance(obj, dict):
         raise InvalidMessage("value: not a JSON object")
     event = obj.get("event")
-    if event not in EVENTS:
+    if not isinstance(event, str) or event not in EVENTS:
         raise InvalidMessage(f"event: expected one of {', '.join(EVENTS)}")
     model = obj.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidMessage("model: expected a non-empty string")
+    if not isinstance(model, str) or not model or len(model) > MAX_NAME_LENGTH:
+        raise InvalidMessage(f"model: expected a non-empty string of at most {MAX_NAME_LENGTH} characters")
     version = _int(obj.get("version"), "version")
     to = obj.get("to")
     if (to is None) == (event == ROLLED_BACK):
@@ -76,15 +80,11 @@ def parse_model_event(value: bytes | None) -> ModelEvent:
     reason = obj.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise InvalidMessage("reason: expected a string")
-    ts = obj.get("ts")
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-        raise InvalidMessage("ts: expected epoch seconds")
-    return ModelEvent(
-        event, model, version, metrics, reason, None if to is None else _int(to, "to"), float(ts)
-    )
+    ts = finite_number(obj.get("ts"), "ts", "expected epoch seconds")
+    return ModelEvent(event, model, version, metrics, reason, None if to is None else _int(to, "to"), ts)
 
 
 def _int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidMessage(f"{name}: expected a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_VERSION:
+        raise InvalidMessage(f"{name}: expected a non-negative integer below 2**63")
     return value

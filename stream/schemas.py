@@ -15,6 +15,9 @@ from dataclasses import dataclass
 MAX_ID_LENGTH = 256
 MAX_MESSAGE_BYTES = 64 * 1024  # larger values are rejected before JSON parsing
 MAX_QUANTITY = 1_000_000
+# Event time: any time from the epoch (a years-old backfill is legitimate) to the last second a
+# date can represent (9999-12-31T23:59:59Z); callers add a future window (EVENT_MAX_FUTURE_S).
+MAX_TS = 253_402_300_799.0
 DEFAULT_K = 10
 MAX_K = 100
 
@@ -83,18 +86,20 @@ def transaction_from_dict(
     default_event_id: str | None = None,
     default_ts: float | None = None,
     key: bytes | None = None,
+    max_ts: float | None = None,
 ) -> Transaction:
     """Validate an already-parsed object (file readers parse themselves) with the wire rules.
 
     Optional fields (event_id, quantity, ts) that are absent or null take their defaults;
-    `default_ts` is normally the broker record timestamp in epoch seconds.
+    `default_ts` is normally the broker record timestamp in epoch seconds. `ts` must lie in
+    (0, MAX_TS], and at most `max_ts` when given (the caller's future window: `future_limit`).
     """
     if not isinstance(obj, dict):
         raise InvalidMessage(f"value: must be a JSON object, got {_type_name(obj)}")
     user_id = _required_id(obj, "user_id")
     item_id = _required_id(obj, "item_id")
     quantity = _quantity(obj.get("quantity"))
-    ts = _ts(obj.get("ts"), default_ts)
+    ts = _ts(obj.get("ts"), default_ts, max_ts)
     event_id = _event_id(obj.get("event_id"), default_event_id)
     if key is not None:
         _check_key(key, user_id)
@@ -107,11 +112,55 @@ def parse_transaction(
     key: bytes | None = None,
     default_event_id: str | None = None,
     default_ts: float | None = None,
+    max_ts: float | None = None,
 ) -> Transaction:
     """Decode and validate a `transactions` record value (and its key, if given)."""
     return transaction_from_dict(
-        _load_object(value), default_event_id=default_event_id, default_ts=default_ts, key=key
+        _load_object(value), default_event_id=default_event_id, default_ts=default_ts, key=key, max_ts=max_ts
     )
+
+
+def future_limit(max_future_s: float, now: float, record_ts: float | None = None) -> float:
+    """The latest event time accepted: `max_future_s` after the record was produced.
+
+    The reference is the record's broker timestamp when it is valid and not ahead of `now`,
+    else `now`: a batch redelivered after a crash is then judged exactly as the first time
+    (same rows, same dead letters), however much later it is consumed again.
+    """
+    reference = now
+    if record_ts is not None and math.isfinite(record_ts) and 0 < record_ts < now:
+        reference = record_ts
+    return reference + max_future_s
+
+
+def load_json(
+    value: bytes | None, *, max_bytes: int = MAX_MESSAGE_BYTES, max_depth: int | None = None
+) -> object:
+    """Bytes from outside to a JSON value, or InvalidMessage: the size is checked before parsing,
+    and nesting deeper than `max_depth` (or than the parser can take) is a rejection."""
+    obj = _load_object(value, max_bytes)
+    if max_depth is not None and _depth_exceeds(obj, max_depth):
+        raise InvalidMessage(f"value: nested deeper than {max_depth} levels")
+    return obj
+
+
+def finite_number(value: object, name: str, expected: str | None = None) -> float:
+    """A JSON number as a finite float: NaN, an infinity or an integer too large for a float (JSON
+    allows thousands of digits) is a rejection, never an OverflowError. The reason names the fault,
+    or is `{name}: {expected}` when `expected` is given (the control contracts' one message)."""
+
+    def reject(fault: str) -> InvalidMessage:
+        return InvalidMessage(f"{name}: {expected or fault}")
+
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise reject(f"must be a number, got {_type_name(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise reject("out of range") from None
+    if not math.isfinite(number):
+        raise reject(f"must be finite, got {number}")
+    return number
 
 
 def parse_request(value: bytes | None) -> RecommendationRequest:
@@ -136,11 +185,14 @@ def _dump(obj: dict[str, object]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
-def _load_object(value: bytes | None) -> object:
+def _load_object(value: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> object:
     if not value:
         raise InvalidMessage("value: empty")
-    if len(value) > MAX_MESSAGE_BYTES:
-        raise InvalidMessage(f"value: larger than {MAX_MESSAGE_BYTES} bytes")
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise InvalidMessage(f"value: must be bytes, got {type(value).__name__}")
+    if len(value) > max_bytes:
+        raise InvalidMessage(f"value: larger than {max_bytes} bytes")
+    value = bytes(value)
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -150,7 +202,24 @@ def _load_object(value: bytes | None) -> object:
     except RecursionError:
         raise InvalidMessage("value: not valid JSON (nested too deeply)") from None
     except ValueError as exc:  # JSONDecodeError, and integers beyond the digit limit
-        raise InvalidMessage(f"value: not valid JSON ({exc})") from None
+        raise InvalidMessage(f"value: not valid JSON ({_short(str(exc))})") from None
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _depth_exceeds(obj: object, max_depth: int) -> bool:
+    """Iterative, so a value the parser accepted cannot blow the stack here either."""
+    stack: list[tuple[object, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > max_depth:
+                return True
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _type_name(value: object) -> str:
@@ -202,23 +271,26 @@ def _quantity(value: object) -> int:
     return value
 
 
-def _ts(value: object, default_ts: float | None) -> float:
+def _ts(value: object, default_ts: float | None, max_ts: float | None) -> float:
     if value is None:
         if default_ts is None:
             raise InvalidMessage("ts: missing and no record timestamp")
-        if not (math.isfinite(default_ts) and default_ts > 0):
-            raise InvalidMessage(f"ts: missing and record timestamp is not valid ({default_ts})")
-        return float(default_ts)
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise InvalidMessage(f"ts: must be a number, got {_type_name(value)}")
-    try:
-        ts = float(value)
-    except OverflowError:  # an integer too large for a float
-        raise InvalidMessage("ts: out of range") from None
-    if not math.isfinite(ts):
-        raise InvalidMessage(f"ts: must be finite, got {ts}")
-    if ts <= 0:
-        raise InvalidMessage(f"ts: must be > 0, got {ts}")
+        try:
+            ts = float(default_ts)
+        except (OverflowError, TypeError, ValueError):
+            raise InvalidMessage("ts: missing and record timestamp is not valid") from None
+        if not (math.isfinite(ts) and 0 < ts <= MAX_TS):
+            raise InvalidMessage(f"ts: missing and record timestamp is not valid ({ts})")
+        what = "record timestamp"
+    else:
+        ts = finite_number(value, "ts")
+        if ts <= 0:
+            raise InvalidMessage(f"ts: must be > 0, got {ts}")
+        if ts > MAX_TS:
+            raise InvalidMessage(f"ts: after 9999-12-31T23:59:59Z, no date can hold it ({ts:.6g})")
+        what = "ts"
+    if max_ts is not None and ts > max_ts:
+        raise InvalidMessage(f"ts: {what} {ts:.3f} is more than the allowed window in the future")
     return ts
 
 

@@ -19,6 +19,8 @@ from stream.errors import RecstreamError
 # Local-only credentials for the embedded object store; refused in production mode.
 LOCAL_ACCESS_KEY = "recstream"
 LOCAL_SECRET_KEY = "recstream-local-only"
+# Production mode also refuses empty and short keys (the secret's length is its strength).
+MIN_ACCESS_KEY_LENGTH, MIN_SECRET_KEY_LENGTH = 8, 16
 
 
 class SettingsError(RecstreamError, ValueError):
@@ -66,6 +68,13 @@ def _non_negative_float(text: str) -> float:
     value = _number(text, float)
     if not (value >= 0 and value < float("inf")):
         raise ValueError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = _number(text, float)
+    if not 0 <= value < 1:
+        raise ValueError(f"must be >= 0 and < 1, got {text!r}")
     return value
 
 
@@ -141,9 +150,42 @@ FIELDS: tuple[Field, ...] = (
     Field("TOPIC_PARTITIONS", "topic_partitions", positive_int, "4", "partitions of the data topics"),
     # Embedded stack.
     Field("BROKER_PORT", "broker_port", _port, "0", "embedded broker port (0: a free one)"),
+    Field("REQUEST_BROKER_PORT", "request_broker_port", _port, "0", "embedded request broker port (0: free)"),
     Field("OBJECTSTORE_PORT", "objectstore_port", _port, "0", "embedded S3 port (0: a free one)"),
     Field("MODELSERVER_GRPC_PORT", "modelserver_grpc_port", _port, "0", "embedded model server gRPC port"),
     Field("MODELSERVER_REST_PORT", "modelserver_rest_port", _port, "0", "embedded model server REST port"),
+    # Embedded model server request limits (deploy/modelserver/limits.py; TF Serving's values there).
+    Field(
+        "MODELSERVER_MAX_GRPC_MESSAGE_BYTES",
+        "modelserver_max_grpc_message_bytes",
+        positive_int,
+        "67108864",
+        "largest gRPC message the model server receives or sends (TF Serving: 2 GiB)",
+    ),
+    Field("MODELSERVER_MAX_BATCH", "modelserver_max_batch", positive_int, "1000", "largest input batch"),
+    Field(
+        "MODELSERVER_MAX_STRING_BYTES",
+        "modelserver_max_string_bytes",
+        positive_int,
+        "1048576",
+        "largest string element of a model server input",
+    ),
+    Field(
+        "MODELSERVER_MAX_REST_BODY_BYTES",
+        "modelserver_max_rest_body_bytes",
+        positive_int,
+        "8388608",
+        "largest REST request body (413 beyond, before it is read)",
+    ),
+    Field(
+        "MODELSERVER_REST_TIMEOUT_S",
+        "modelserver_rest_timeout_s",
+        positive_float,
+        "30",
+        "time a REST request (or an idle kept-alive connection) may take before it is closed",
+    ),
+    Field("MODELSERVER_REST_WORKERS", "modelserver_rest_workers", positive_int, "16", "REST worker threads"),
+    Field("MODELSERVER_GRPC_WORKERS", "modelserver_grpc_workers", positive_int, "16", "gRPC worker threads"),
     Field("STACK_START_TIMEOUT_S", "stack_start_timeout_s", positive_float, "60", "health-check deadline"),
     # Kafka clients.
     Field(
@@ -154,6 +196,37 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("BROKER_HEARTBEAT_S", "broker_heartbeat_s", positive_float, "1", "group heartbeat interval"),
     Field("PRODUCER_LINGER_MS", "producer_linger_ms", _non_negative_int, "5", "producer batching delay"),
+    # Fetch waits, per role: the embedded broker (Tansu 0.6) holds every fetch until the wait runs out,
+    # and each fetch of its S3 engine costs the object store, so only the paths where latency matters
+    # wait briefly; Apache Kafka answers a fetch when records arrive (production keeps 500 for all).
+    Field(
+        "KAFKA_FETCH_MAX_WAIT_MS",
+        "kafka_fetch_max_wait_ms",
+        positive_int,
+        "500",
+        "longest fetch wait of bulk and control consumers (ingest, updater, scheduler)",
+    ),
+    Field(
+        "SCORER_FETCH_MAX_WAIT_MS",
+        "scorer_fetch_max_wait_ms",
+        positive_int,
+        "100",
+        "longest fetch wait of the scorer's purchases (a purchase reaches the next answer in well under 1 s)",
+    ),
+    Field(
+        "KAFKA_REQUEST_FETCH_MAX_WAIT_MS",
+        "kafka_request_fetch_max_wait_ms",
+        positive_int,
+        "5",
+        "longest fetch wait on the request path (the scorer's requests, a client's answers)",
+    ),
+    Field(
+        "REQUESTS_KAFKA_BOOTSTRAP",
+        "requests_kafka_bootstrap_setting",
+        _optional,
+        "",
+        "bootstrap servers of the request and answer topics (default: KAFKA_BOOTSTRAP)",
+    ),
     Field("PRODUCER_TIMEOUT_S", "producer_timeout_s", positive_float, "30", "delivery confirmation deadline"),
     # Operational knobs of the stages.
     Field(
@@ -177,6 +250,29 @@ FIELDS: tuple[Field, ...] = (
         positive_int,
         "50",
         "fewest held-out users a retrain needs to train and judge a model",
+    ),
+    Field(
+        "RETRAIN_HALF_LIFE_S",
+        "retrain_half_life_s",
+        _non_negative_float,
+        "1209600",
+        "age at which a training example weighs half as much as the latest one (0: no decay)",
+    ),
+    Field(
+        "RETRAIN_DRIFT_SHARE",
+        "retrain_drift_share",
+        _share,
+        "0.5",
+        "share of the training weight at least given to the purchases since the last drift alert's"
+        " window start (0: no boost)",
+    ),
+    Field(
+        "RETRAIN_RECENT_S",
+        "retrain_recent_s",
+        _non_negative_float,
+        "86400",
+        "the gate judges on the held-out purchases of the window's last this many seconds"
+        " (0: the whole window)",
     ),
     Field(
         "GATE_TOLERANCE",
@@ -208,6 +304,13 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("INGEST_FLUSH_EVENTS", "ingest_flush_events", positive_int, "5000", "events per Parquet object"),
     Field("INGEST_FLUSH_S", "ingest_flush_s", positive_float, "10", "max age of a buffered batch"),
+    Field(
+        "EVENT_MAX_FUTURE_S",
+        "event_max_future_s",
+        _non_negative_float,
+        "86400",
+        "an event time more than this far after its record was produced is dead-lettered",
+    ),
     Field("METRICS_HOST", "metrics_host", str, "127.0.0.1", "address the services' /metrics listen on"),
     Field(
         "INGEST_METRICS_PORT", "ingest_metrics_port", _port, "9401", "ingest worker /metrics port (0: free)"
@@ -218,6 +321,22 @@ FIELDS: tuple[Field, ...] = (
         "SCHEDULER_METRICS_PORT", "scheduler_metrics_port", _port, "9404", "scheduler /metrics port (0: free)"
     ),
     Field("SCORER_BATCH_SIZE", "scorer_batch_size", positive_int, "64", "most requests in one Predict"),
+    Field("SCORER_HTTP_HOST", "scorer_http_host", str, "127.0.0.1", "address of the scorer's HTTP view"),
+    Field(
+        "SCORER_LIVE_HISTORY",
+        "scorer_live_history",
+        _bool,
+        "true",
+        "send users' live purchases to the model (recommend_history); false: their history at training",
+    ),
+    Field("SCORER_HTTP_PORT", "scorer_http_port", _port, "9405", "scorer HTTP view port (0: free)"),
+    Field(
+        "SCORER_HTTP_ADVERTISED_HOST",
+        "scorer_http_advertised_host",
+        _optional,
+        "",
+        "address other scorer workers reach this one's HTTP view at (default: SCORER_HTTP_HOST)",
+    ),
     Field(
         "SCORER_BATCH_WAIT_S", "scorer_batch_wait_s", positive_float, "0.02", "longest wait to fill a batch"
     ),
@@ -280,6 +399,15 @@ FIELDS: tuple[Field, ...] = (
         "1800",
         "an alert still raised fires again after this long (the last retrain did not cure it)",
     ),
+    # The timeline `recstream up` records for `recstream report` (deploy/timeline.py).
+    Field("TIMELINE_INTERVAL_S", "timeline_interval_s", positive_float, "5", "seconds between two samples"),
+    Field(
+        "TIMELINE_MAX_BYTES",
+        "timeline_max_bytes",
+        positive_int,
+        "2000000",
+        "size past which the timeline keeps every other sample (events are kept)",
+    ),
 )
 
 ENV_NAMES: frozenset[str] = frozenset(f.env for f in FIELDS) | {"RECSTREAM_HOME"}
@@ -315,8 +443,24 @@ class Settings:
     objectstore_port: int
     modelserver_grpc_port: int
     modelserver_rest_port: int
+    modelserver_max_grpc_message_bytes: int
+    modelserver_max_batch: int
+    modelserver_max_string_bytes: int
+    modelserver_max_rest_body_bytes: int
+    modelserver_rest_timeout_s: float
+    modelserver_rest_workers: int
+    modelserver_grpc_workers: int
     stack_start_timeout_s: float
     broker_session_timeout_s: float
+    kafka_fetch_max_wait_ms: int
+    scorer_fetch_max_wait_ms: int
+    request_broker_port: int
+    kafka_request_fetch_max_wait_ms: int
+    requests_kafka_bootstrap_setting: str | None
+    scorer_http_host: str
+    scorer_live_history: bool
+    scorer_http_port: int
+    scorer_http_advertised_host: str | None
     broker_rebalance_timeout_s: float
     broker_heartbeat_s: float
     producer_linger_ms: int
@@ -325,12 +469,16 @@ class Settings:
     retrain_cooldown_s: float
     retrain_window_s: float
     retrain_min_users: int
+    retrain_half_life_s: float
+    retrain_drift_share: float
+    retrain_recent_s: float
     gate_tolerance: float
     updater_load_timeout_s: float
     updater_validate_timeout_s: float
     updater_reconcile_s: float
     ingest_flush_events: int
     ingest_flush_s: float
+    event_max_future_s: float
     metrics_host: str
     ingest_metrics_port: int
     scorer_metrics_port: int
@@ -353,6 +501,8 @@ class Settings:
     drift_ph_threshold: float
     drift_alert_cooldown_s: float
     drift_alert_repeat_s: float
+    timeline_interval_s: float
+    timeline_max_bytes: int
 
     @property
     def production(self) -> bool:
@@ -366,6 +516,11 @@ class Settings:
     def model_base_path(self) -> Path:
         """The serving root: TF Serving's base path of a model is `<this>/<model name>`."""
         return Path(self.model_base_path_setting) if self.model_base_path_setting else self.home / "serving"
+
+    @property
+    def requests_kafka_bootstrap(self) -> str:
+        """Where requests and answers live: ephemeral by nature, they may have a faster broker."""
+        return self.requests_kafka_bootstrap_setting or self.require("kafka_bootstrap")
 
     @property
     def model_config_file(self) -> Path:
@@ -469,3 +624,11 @@ def _check(settings: Settings) -> None:
         settings.minio_access_key == LOCAL_ACCESS_KEY or settings.minio_secret_key == LOCAL_SECRET_KEY
     ):
         raise SettingsError("production mode refuses the local default MINIO_ACCESS_KEY/MINIO_SECRET_KEY")
+    if settings.production and len(settings.minio_access_key.strip()) < MIN_ACCESS_KEY_LENGTH:
+        raise SettingsError(
+            f"production mode needs a MINIO_ACCESS_KEY of at least {MIN_ACCESS_KEY_LENGTH} characters"
+        )
+    if settings.production and len(settings.minio_secret_key.strip()) < MIN_SECRET_KEY_LENGTH:
+        raise SettingsError(
+            f"production mode needs a MINIO_SECRET_KEY of at least {MIN_SECRET_KEY_LENGTH} characters"
+        )

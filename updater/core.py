@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retrain.registry import ModelRegistry, RegistryState
+from retrain.registry import ModelRegistry, RegistryState, UnsafeObjectKey
 from stream.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
 from stream.settings import Settings
 from updater import metrics
@@ -318,7 +318,7 @@ class Updater:
     def _download(self, version: int, dest: Path) -> None:
         try:
             self.registry.download_version(version, dest)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, UnsafeObjectKey) as exc:  # retrying would not change either
             raise SwapFailed("download", str(exc)) from None
         except Exception as exc:
             raise Unavailable(

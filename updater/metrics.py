@@ -19,6 +19,11 @@ RESTORES = Counter(
 ERRORS = Counter(
     "recstream_updater_errors_total", "Events or checks that failed and will be retried", ["model"]
 )
+INVALID_RECORDS = Counter(
+    "recstream_updater_invalid_records_total",
+    "model-updates records skipped because they are not a valid event (logged, committed, never retried)",
+    ["model"],
+)
 ACTIVE_VERSION = Gauge("recstream_updater_active_version", "Version served through `stable`", ["model"])
 LAST_ACTIVATION_SECONDS = Gauge(
     "recstream_updater_last_activation_seconds",

@@ -94,6 +94,7 @@ class UpdaterService:
                 client_id=self.group_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",  # replays are harmless: the registry says what is done
+                fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
                 max_poll_records=1,
                 session_timeout_ms=int(self.settings.broker_session_timeout_s * 1000),
                 heartbeat_interval_ms=int(self.settings.broker_heartbeat_s * 1000),
@@ -103,10 +104,17 @@ class UpdaterService:
             raise BrokerUnavailable(f"no Kafka broker answers at {self.settings.kafka_bootstrap}") from None
 
     def handle(self, value: bytes | None) -> None:
+        """Act on one record. A record that is not a valid event is logged, counted and skipped
+        (its offset is committed): retrying the same bytes could never succeed."""
         try:
             event = parse_model_event(value)
         except InvalidMessage as exc:
-            log.warning("ignoring an invalid model-updates record: %s", exc)
+            metrics.INVALID_RECORDS.labels(self.model).inc()
+            log.warning("ignoring an invalid model-updates record: %s", exc.reason)
+            return
+        except Exception:  # a parser bug: still never a retry loop on the same record
+            metrics.INVALID_RECORDS.labels(self.model).inc()
+            log.error("ignoring a model-updates record that could not be parsed", exc_info=True)
             return
         if event.model != self.model:
             return

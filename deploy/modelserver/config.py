@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import grpc
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from deploy.modelserver.errors import ServingError
+from deploy.modelserver.errors import invalid
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def read_config_file(path: str | os.PathLike[str]) -> list[ModelConfig]:
     try:
         text_format.Parse(Path(path).read_text(), config)
     except (OSError, text_format.ParseError) as exc:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot read {path}: {exc}") from exc
+        raise invalid(f"cannot read {path}: {exc}") from exc
     if config.WhichOneof("config") is None:
         return []  # an empty file: no models yet (TF Serving takes no action either)
     return from_proto(config)
@@ -76,15 +75,15 @@ def read_config_file(path: str | os.PathLike[str]) -> list[ModelConfig]:
 def _platform(model: model_server_config_pb2.ModelConfig) -> str:
     if model.model_type:
         if model.model_platform:
-            raise _invalid(
+            raise invalid(
                 "Illegal setting both ModelServerConfig::model_type (deprecated) "
                 "and ModelServerConfig::model_platform."
             )
         if model.model_type != _MODEL_TYPE_TENSORFLOW:
-            raise _invalid(f"ModelServerConfig::model_type choice {model.model_type} not supported.")
+            raise invalid(f"ModelServerConfig::model_type choice {model.model_type} not supported.")
         return PLATFORM
     if not model.model_platform:
-        raise _invalid(
+        raise invalid(
             "Illegal setting neither ModelServerConfig::model_type (deprecated) "
             "nor ModelServerConfig::model_platform."
         )
@@ -103,14 +102,10 @@ def _policy(model: model_server_config_pb2.ModelConfig) -> VersionPolicy:
     return VersionPolicy()
 
 
-def _invalid(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
 def from_proto(config: model_server_config_pb2.ModelServerConfig) -> list[ModelConfig]:
     """Validate a ModelServerConfig as ServerCore does and return its models; nothing is applied."""
     if config.WhichOneof("config") != "model_config_list":
-        raise _invalid(
+        raise invalid(
             "ServerModelConfig type not supported by HandleReloadConfigRequest. "
             "Only ModelConfigList is currently supported"
         )
@@ -118,19 +113,19 @@ def from_proto(config: model_server_config_pb2.ModelServerConfig) -> list[ModelC
     seen: set[str] = set()
     for model in config.model_config_list.config:
         if model.name in seen:
-            raise _invalid(f"Illegal to list model {model.name} multiple times in config list")
+            raise invalid(f"Illegal to list model {model.name} multiple times in config list")
         seen.add(model.name)
         if "://" in model.base_path:
-            raise _invalid(f"Model {model.name}: only local base paths are supported, got {model.base_path}")
+            raise invalid(f"Model {model.name}: only local base paths are supported, got {model.base_path}")
         if not os.path.isabs(model.base_path):
-            raise _invalid(
+            raise invalid(
                 f"Expected model {model.name} to have an absolute path or URI; "
                 f"got base_path()={model.base_path}"
             )
     for model in config.model_config_list.config:
         platform = _platform(model)
         if platform != PLATFORM:
-            raise _invalid(f"Model {model.name} requests unsupported platform {platform}")
+            raise invalid(f"Model {model.name} requests unsupported platform {platform}")
         models.append(
             ModelConfig(
                 name=model.name,

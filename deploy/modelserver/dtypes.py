@@ -80,4 +80,6 @@ def of_array(array: np.ndarray) -> int:
     """The DataType an array would be fed as (bytes/str/object arrays are strings)."""
     if array.dtype == object or array.dtype.kind in "SU":
         return DT_STRING
+    if array.dtype.name == "bfloat16":  # ml_dtypes' type, as make_ndarray builds it
+        return DT_BFLOAT16
     return _BY_NUMPY.get(array.dtype, DT_INVALID)

@@ -46,6 +46,11 @@ class ServingError(Exception):
         return f"{self.code.name}: {self.message}"
 
 
+def invalid(message: str) -> ServingError:
+    """The request is wrong (INVALID_ARGUMENT, REST 400): the one constructor every module uses."""
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
 def code_number(code: grpc.StatusCode) -> int:
     """The integer code (tensorflow.error.Code and gRPC share the numbering)."""
     return code.value[0]

@@ -1,6 +1,9 @@
 """TF Serving's gRPC services: PredictionService (Predict, GetModelMetadata) and ModelService.
 
-Classify, Regress and MultiInference answer UNIMPLEMENTED.
+Classify, Regress and MultiInference answer UNIMPLEMENTED. Message sizes both ways and the
+worker pool follow the server's Limits; gRPC itself answers RESOURCE_EXHAUSTED to a message
+over the limit, and to RPCs beyond the queue it allows. A failure that is not a ServingError
+answers INTERNAL "internal error" and is logged, never its text.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from tensorflow_serving.apis import (
 from deploy.modelserver import config as cfg
 from deploy.modelserver import tensors
 from deploy.modelserver.errors import ServingError, code_number
+from deploy.modelserver.limits import Limits
 from deploy.modelserver.registry import Registry
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_DEF = "signature_def"
-_MAX_MESSAGE = 2**31 - 1  # TF Serving lifts gRPC's 4 MiB default too
+QUEUED_PER_WORKER = 4  # RPCs admitted per worker thread (running or waiting); more: RESOURCE_EXHAUSTED
 
 
 def _spec_args(spec: model_pb2.ModelSpec) -> dict:
@@ -42,6 +46,11 @@ def _spec_args(spec: model_pb2.ModelSpec) -> dict:
 
 def _abort(context: grpc.ServicerContext, error: ServingError) -> None:
     context.abort(error.code, error.message)
+
+
+def _internal(context: grpc.ServicerContext, what: str) -> None:
+    log.exception("%s failed", what)
+    context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -69,12 +78,16 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             return response
         except ServingError as error:
             _abort(context, error)
+        except Exception:
+            _internal(context, "Predict")
 
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):
         try:
             return model_metadata(self._registry, request)
         except ServingError as error:
             _abort(context, error)
+        except Exception:
+            _internal(context, "GetModelMetadata")
 
     def Classify(self, request, context):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "Classify is not supported by this server")
@@ -140,6 +153,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             return model_status(self._registry, request)
         except ServingError as error:
             _abort(context, error)
+        except Exception:
+            _internal(context, "GetModelStatus")
 
     def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
         try:
@@ -150,18 +165,22 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         except ServingError as error:
             log.error("ReloadConfig failed: %s", error)
             _abort(context, error)
+        except Exception:
+            _internal(context, "HandleReloadConfigRequest")
         return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto(error_code=0))
 
 
-def make_server(registry: Registry, host: str, port: int, workers: int = 16) -> grpc.Server:
+def make_server(registry: Registry, host: str, port: int, bounds: Limits | None = None) -> grpc.Server:
     """A gRPC server with both services bound to host:port (not started)."""
+    bounds = bounds or Limits()
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        ThreadPoolExecutor(max_workers=bounds.grpc_workers, thread_name_prefix="grpc"),
         options=[
-            ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ("grpc.max_receive_message_length", bounds.max_grpc_message_bytes),
+            ("grpc.max_send_message_length", bounds.max_grpc_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
+        maximum_concurrent_rpcs=bounds.grpc_workers * QUEUED_PER_WORKER,
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(registry), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(registry), server)

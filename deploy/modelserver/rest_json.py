@@ -5,6 +5,10 @@ the signature has several inputs) or "inputs" (columnar: one value per input), w
 strings as JSON strings or {"b64": ...}. Responses: "predictions" for row requests,
 "outputs" for columnar ones; floats printed with the shortest %g form that round-trips,
 strings from tensors whose name ends in "_bytes" as {"b64": ...}.
+
+The body is untrusted: anything that is not a valid request is INVALID_ARGUMENT naming the
+problem, never quoting the document (TF Serving quotes it; a 8 MiB body would come back),
+and nothing here recurses deeper than MAX_RANK whatever the nesting.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import grpc
 import numpy as np
 
 from deploy.modelserver import dtypes
-from deploy.modelserver.errors import ServingError
+from deploy.modelserver.errors import ServingError, invalid
+from deploy.modelserver.limits import MAX_RANK, shown
 
 Output = tuple[np.ndarray, int]
 
@@ -46,14 +51,6 @@ class Format(enum.Enum):
     COLUMNAR = "inputs"
 
 
-def _invalid(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def _json_type(value: Any) -> str:
     if value is None:
         return "Null"
@@ -71,45 +68,51 @@ def _json_type(value: Any) -> str:
 # -- requests ----------------------------------------------------------------------------------
 def parse_body(body: bytes) -> dict[str, Any]:
     if not body:
-        raise _invalid("JSON Parse error: The document is empty")
+        raise invalid("JSON Parse error: The document is empty")
     try:
         doc = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise _invalid(f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from exc
+        raise invalid(f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from exc
     except json.JSONDecodeError as exc:
-        raise _invalid(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from exc
+        raise invalid(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from exc
+    except RecursionError as exc:
+        raise invalid("JSON Parse error: The document nests too deeply") from exc
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise invalid("JSON Parse error: A number is too long") from exc
     if not isinstance(doc, dict):
-        raise _invalid(f"JSON Value: {_dump(doc)} Is not object")
+        raise invalid("JSON Value: the document Is not object")
     return doc
 
 
 def signature_name(doc: Mapping[str, Any]) -> str:
     value = doc.get("signature_name", "")
     if not isinstance(value, str):
-        raise _invalid(
-            f"JSON Value: {_dump(doc)} not formatted correctly. 'signature_name' key must be a string value."
-        )
+        raise invalid("JSON Value not formatted correctly. 'signature_name' key must be a string value.")
     return value
 
 
-def parse_inputs(doc: Mapping[str, Any], infos: Mapping[str, int]) -> tuple[Format, dict[str, np.ndarray]]:
-    """The request's tensors for a signature whose inputs have the dtypes in `infos`."""
+def parse_inputs(
+    doc: Mapping[str, Any], infos: Mapping[str, int], max_batch: int | None = None
+) -> tuple[Format, dict[str, np.ndarray]]:
+    """The request's tensors for a signature whose inputs have the dtypes in `infos`;
+    more than `max_batch` instances are refused before any is converted."""
     has_instances, has_inputs = "instances" in doc, "inputs" in doc
     if has_instances and has_inputs:
-        raise _invalid(
-            f"JSON Value: {_dump(doc)} Not formatted correctly expecting only one of "
-            "'inputs' or 'instances' keys to exist "
+        raise invalid(
+            "JSON Value not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist"
         )
     if has_instances:
         instances = doc["instances"]
         if not isinstance(instances, list):
-            raise _invalid(f"JSON Value: {_dump(doc)} Excepting 'instances' to be an list/array")
+            raise invalid("JSON Value: Excepting 'instances' to be an list/array")
         if not instances:
-            raise _invalid(f"JSON Value: {_dump(doc)} No values in 'instances' array")
+            raise invalid("JSON Value: No values in 'instances' array")
+        if max_batch is not None and len(instances) > max_batch:
+            raise invalid(f"'instances' has {len(instances)} items, more than the limit {max_batch}")
         return Format.ROW, _from_instances(instances, infos)
     if has_inputs:
         return Format.COLUMNAR, _from_inputs(doc["inputs"], infos)
-    raise _invalid("Missing 'inputs' or 'instances' key")
+    raise invalid("Missing 'inputs' or 'instances' key")
 
 
 def _is_b64(value: Any) -> bool:
@@ -122,7 +125,7 @@ def _is_element_object(value: Any) -> bool:
 
 def _from_instances(instances: list[Any], infos: Mapping[str, int]) -> dict[str, np.ndarray]:
     if not isinstance(instances[0], dict) and len(infos) > 1:
-        raise _invalid(
+        raise invalid(
             "instances is a plain list, but expecting list of objects as multiple input "
             "tensors required as per tensorinfo_map"
         )
@@ -131,27 +134,27 @@ def _from_instances(instances: list[Any], infos: Mapping[str, int]) -> dict[str,
     for index, element in enumerate(instances):
         if objects:
             if not _is_element_object(element):
-                raise _invalid(f"Expecting object but got list at item {index} of input list")
+                raise invalid(f"Expecting object but got list at item {index} of input list")
             for name, value in element.items():
                 try:
                     _add_row(rows, name, value, infos)
                 except ServingError as exc:
-                    raise _invalid(
-                        f"Failed to process element: {index} key: {name} of 'instances' list. "
+                    raise invalid(
+                        f"Failed to process element: {index} key: {shown(name)} of 'instances' list. "
                         f"Error: {exc.code.name}: {exc.message}"
                     ) from exc
             if set(element) != set(infos):
-                raise _invalid(
-                    f"Failed to process element: {index} of 'instances' list. JSON object: "
-                    f"{_dump(element)} keys must be equal to: {','.join(sorted(infos))}"
+                raise invalid(
+                    f"Failed to process element: {index} of 'instances' list. JSON object "
+                    f"keys must be equal to: {','.join(sorted(infos))}"
                 )
         else:
             if _is_element_object(element):
-                raise _invalid(f"Expecting value/list but got object at item {index} of input list")
+                raise invalid(f"Expecting value/list but got object at item {index} of input list")
             try:
                 _add_row(rows, sorted(infos)[0], element, infos)
             except ServingError as exc:
-                raise _invalid(
+                raise invalid(
                     f"Failed to process element: {index} of 'instances' list. "
                     f"Error: {exc.code.name}: {exc.message}"
                 ) from exc
@@ -160,14 +163,16 @@ def _from_instances(instances: list[Any], infos: Mapping[str, int]) -> dict[str,
 
 def _add_row(rows: dict[str, list[np.ndarray]], name: str, value: Any, infos: Mapping[str, int]) -> None:
     if name not in infos:
-        raise _invalid(f"JSON object: does not have named input: {name}")
+        raise invalid(f"JSON object: does not have named input: {shown(name)}")
     array = to_array(value, infos[name])
+    if array.ndim >= MAX_RANK:  # stacking the instances adds a dimension
+        raise invalid(f"JSON Value nests lists deeper than {MAX_RANK - 1} levels in an instance")
     if rows.get(name):
         first = rows[name][0]
         if first.size != array.size:
-            raise _invalid(f"Expecting tensor size: {first.size} but got: {array.size}")
+            raise invalid(f"Expecting tensor size: {first.size} but got: {array.size}")
         if first.shape != array.shape:
-            raise _invalid(f"Expecting shape {_shape(first.shape)} but got: {_shape(array.shape)}")
+            raise invalid(f"Expecting shape {_shape(first.shape)} but got: {_shape(array.shape)}")
     rows.setdefault(name, []).append(array)
 
 
@@ -178,7 +183,7 @@ def _shape(shape: tuple[int, ...]) -> str:
 def _from_inputs(value: Any, infos: Mapping[str, int]) -> dict[str, np.ndarray]:
     if not isinstance(value, dict) or _is_b64(value):
         if len(infos) > 1:
-            raise _invalid(
+            raise invalid(
                 "inputs is a plain value/list, but expecting an object as multiple input "
                 "tensors required as per tensorinfo_map"
             )
@@ -187,7 +192,7 @@ def _from_inputs(value: Any, infos: Mapping[str, int]) -> dict[str, np.ndarray]:
     result = {}
     for name, dtype in infos.items():  # keys the signature does not know are ignored, as in TF Serving
         if name not in value:
-            raise _invalid(f"Missing named input: {name} in 'inputs' object.")
+            raise invalid(f"Missing named input: {name} in 'inputs' object.")
         result[name] = to_array(value[name], dtype)
     return result
 
@@ -198,6 +203,8 @@ def to_array(value: Any, dtype: int) -> np.ndarray:
     probe = value
     while isinstance(probe, list):
         shape.append(len(probe))
+        if len(shape) > MAX_RANK:
+            raise invalid(f"JSON Value nests lists deeper than {MAX_RANK} levels")
         if not probe:
             break
         probe = probe[0]
@@ -210,15 +217,15 @@ def to_array(value: Any, dtype: int) -> np.ndarray:
     try:
         return np.array(flat, dtype=dtypes.numpy_type(dtype)).reshape(shape)
     except (OverflowError, ValueError, TypeError) as exc:
-        raise _invalid(f"Cannot convert JSON values to {dtypes.name(dtype)}: {exc}") from exc
+        raise invalid(f"Cannot convert JSON values to {dtypes.name(dtype)}: out of its range") from exc
 
 
 def _fill(value: Any, level: int, shape: list[int], dtype: int, out: list[Any]) -> None:
     rank = len(shape)
     if not isinstance(value, list):
         if level != rank:
-            raise _invalid(
-                f"JSON Value: {_dump(value)} found at incorrect level: {level + 1} "
+            raise invalid(
+                f"JSON Value of type {_json_type(value)} found at incorrect level: {level + 1} "
                 f"in the JSON DOM. Expected at level: {rank}"
             )
         if isinstance(value, dict):
@@ -229,9 +236,9 @@ def _fill(value: Any, level: int, shape: list[int], dtype: int, out: list[Any]) 
             out.append(_scalar(value, dtype))
         return
     if level >= rank:
-        raise _invalid(f"Encountered list at unexpected level: {level} expected < {rank}")
+        raise invalid(f"Encountered list at unexpected level: {level} expected < {rank}")
     if len(value) != shape[level]:
-        raise _invalid(
+        raise invalid(
             f"Encountered list at unexpected size: {len(value)} at level: {level} "
             f"expected size: {shape[level]}"
         )
@@ -240,19 +247,17 @@ def _fill(value: Any, level: int, shape: list[int], dtype: int, out: list[Any]) 
 
 
 def _type_error(value: Any, dtype: int) -> ServingError:
-    return _invalid(
-        f"JSON Value: {_dump(value)} Type: {_json_type(value)} is not of expected type: {dtypes.name(dtype)}"
-    )
+    return invalid(f"JSON Value Type: {_json_type(value)} is not of expected type: {dtypes.name(dtype)}")
 
 
 def _decode_b64(value: Any) -> bytes:
     if not _is_b64(value):
-        raise _invalid(f"JSON Value: {_dump(value)} not formatted correctly for base64 data")
+        raise invalid("JSON Value: an object not formatted correctly for base64 data")
     text = value["b64"]
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise _invalid("Unable to base64 decode") from exc
+        raise invalid("Unable to base64 decode") from exc
 
 
 def _scalar(value: Any, dtype: int) -> Any:
@@ -267,9 +272,7 @@ def _scalar(value: Any, dtype: int) -> Any:
         )
         if not lossless:
             target = "float" if dtype == dtypes.DT_FLOAT else "double"
-            raise _invalid(
-                f"Cannot convert JSON value: {_dump(value)} to {target} without loss of precision."
-            )
+            raise invalid(f"Cannot convert a JSON value to {target} without loss of precision.")
         return float(value)
     if dtype in _INT_RANGES:
         low, high = _INT_RANGES[dtype]
@@ -283,10 +286,13 @@ def _scalar(value: Any, dtype: int) -> Any:
     if dtype == dtypes.DT_STRING:
         if not isinstance(value, str):
             raise _type_error(value, dtype)
-        return value.encode("utf-8")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate escape (\ud800)
+            raise invalid("JSON string is not valid Unicode") from exc
     raise ServingError(
         grpc.StatusCode.UNIMPLEMENTED,
-        f"Conversion of JSON Value: {_dump(value)} to type: {dtypes.name(dtype)}",
+        f"Conversion of JSON Value Type: {_json_type(value)} to type: {dtypes.name(dtype)}",
     )
 
 
@@ -322,7 +328,7 @@ def _scalar_json(value: Any, dtype: int, as_bytes: bool) -> str:
             except UnicodeDecodeError:
                 pass  # not representable as a JSON string: base64 instead of invalid UTF-8
         return '{"b64": ' + json.dumps(base64.b64encode(data).decode("ascii")) + "}"
-    raise _invalid(f"Failed to write JSON value for tensor type: {dtypes.name(dtype)}")
+    raise invalid(f"Failed to write JSON value for tensor type: {dtypes.name(dtype)}")
 
 
 def _values_json(array: Any, dtype: int, as_bytes: bool) -> str:
@@ -348,7 +354,7 @@ def _named(name: str, output: Output, keyed: bool) -> str:
 
 def outputs_json(outputs: Mapping[str, Output], fmt: Format) -> str:
     if not outputs:
-        raise _invalid("Cannot convert empty tensor map to JSON")
+        raise invalid("Cannot convert empty tensor map to JSON")
     names = sorted(outputs)
     several = len(names) > 1
     if fmt is Format.COLUMNAR:
@@ -359,9 +365,9 @@ def outputs_json(outputs: Mapping[str, Output], fmt: Format) -> str:
     for name in names:
         array = outputs[name][0]
         if array.ndim == 0:
-            raise _invalid(f"Tensor name: {name} has no shape information ")
+            raise invalid(f"Tensor name: {name} has no shape information ")
         if batch >= 0 and array.shape[0] != batch:
-            raise _invalid(
+            raise invalid(
                 f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} expecting: {batch}"
             )
         batch = array.shape[0]

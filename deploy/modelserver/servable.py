@@ -1,9 +1,10 @@
 """One loaded SavedModel version: its signatures, Predict on it, and who is still using it.
 
 Requests are checked the way TF Serving's predict_util.cc checks them (signature, input
-names, output filter) and then against the signature's dtypes and shapes, so a bad
-request is INVALID_ARGUMENT before TensorFlow sees it; errors TensorFlow raises while
-running keep their own code.
+names, output filter) and then against the signature's dtypes and shapes and the server's
+limits (deploy/modelserver/limits.py), each input before it is built, so a bad request is
+INVALID_ARGUMENT before TensorFlow sees it. Errors TensorFlow raises while running keep
+their own code; their text is passed on for client errors only, internal ones are logged.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from deploy.modelserver import dtypes
-from deploy.modelserver.errors import ServingError, code_from_number
+from deploy.modelserver import dtypes, limits
+from deploy.modelserver.errors import ServingError, code_from_number, invalid
+from deploy.modelserver.limits import Limits
+from deploy.modelserver.tensors import dtype_error, signature_dims
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +39,22 @@ _PREDICT_METHODS = {
 
 # An output: its values and its tensorflow.DataType.
 Output = tuple[np.ndarray, int]
+# (position among the sorted inputs, alias, raw input, the signature's TensorInfo, limits) -> array
+Decode = Callable[[int, str, Any, meta_graph_pb2.TensorInfo, Limits], np.ndarray]
+# TensorFlow's codes whose message is about the request, so the client may read it.
+_CLIENT_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+}
 
 
-def _invalid(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+def _as_is(index: int, alias: str, raw: Any, info: meta_graph_pb2.TensorInfo, bounds: Limits) -> Any:
+    return raw
 
 
 def read_meta_graph(path: str) -> meta_graph_pb2.MetaGraphDef:
@@ -70,8 +85,9 @@ def read_meta_graph(path: str) -> meta_graph_pb2.MetaGraphDef:
 
 
 class Servable:
-    def __init__(self, name: str, version: int, path: str) -> None:
+    def __init__(self, name: str, version: int, path: str, bounds: Limits | None = None) -> None:
         self.name, self.version, self.path = name, version, path
+        self.limits = bounds or Limits()
         self.signature_defs = dict(read_meta_graph(path).signature_def)
         self._model = tf.saved_model.load(path, tags=[SERVE_TAG])
         self._functions = dict(self._model.signatures)
@@ -109,9 +125,10 @@ class Servable:
         signature_name: str,
         inputs: Mapping[str, Any],
         output_filter: Sequence[str] = (),
-        decode: Callable[[str, Any], np.ndarray] = lambda alias, value: value,
+        decode: Decode = _as_is,
     ) -> tuple[str, dict[str, Output]]:
-        """Run a signature; `decode` turns each raw input (a TensorProto, say) into an array."""
+        """Run a signature; `decode` turns each raw input (a TensorProto, say) into an array,
+        bounding it first; every array is checked again before it becomes a tensor."""
         key, signature = self.signature(signature_name)
         if signature.method_name not in _PREDICT_METHODS:
             raise ServingError(
@@ -123,25 +140,24 @@ class Servable:
         expected = sorted(signature.inputs)
         if len(inputs) != len(expected):
             sent = sorted(inputs)
-            raise _invalid(
+            raise invalid(
                 f"input size does not match signature: {len(sent)}!={len(expected)} "
-                f"len({{{','.join(sent)}}}) != len({{{','.join(expected)}}}). "
-                f"Sent extra: {{{','.join(sorted(set(sent) - set(expected)))}}}. "
+                f"len({{{_names(sent)}}}) != len({{{','.join(expected)}}}). "
+                f"Sent extra: {{{_names(sorted(set(sent) - set(expected)))}}}. "
                 f"Missing but required: {{{','.join(sorted(set(expected) - set(sent)))}}}."
             )
-        arrays: dict[str, np.ndarray] = {}
-        for alias, raw in inputs.items():
+        for alias in inputs:
             if alias not in signature.inputs:
-                raise _invalid(
-                    f"input tensor alias not found in signature: {alias}. "
+                raise invalid(
+                    f"input tensor alias not found in signature: {limits.shown(alias)}. "
                     f"Inputs expected to be in the set {{{','.join(expected)}}}."
                 )
-            arrays[alias] = decode(alias, raw)
         wanted = self._outputs(signature, output_filter)
-        tensors = {
-            alias: self._input_tensor(index, alias, arrays[alias], signature.inputs[alias])
-            for index, alias in enumerate(sorted(arrays))
-        }
+        tensors = {}
+        for index, alias in enumerate(expected):
+            info = signature.inputs[alias]
+            array = decode(index, alias, inputs[alias], info, self.limits)
+            tensors[alias] = self._input_tensor(index, alias, array, info, self.limits)
         function = self._functions.get(key)
         if function is None:
             raise ServingError(
@@ -150,9 +166,14 @@ class Servable:
         try:
             results = function(**tensors)
         except tf.errors.OpError as exc:
-            raise ServingError(code_from_number(exc.error_code), exc.message) from exc
-        except (TypeError, ValueError) as exc:
-            raise _invalid(str(exc)) from exc
+            code = code_from_number(exc.error_code)
+            if code in _CLIENT_CODES:
+                raise ServingError(code, exc.message) from exc
+            log.error("%s version %d, signature %s failed: %s", self.name, self.version, key, exc.message)
+            raise ServingError(code, "internal error") from exc
+        except (TypeError, ValueError) as exc:  # their text quotes the input tensors
+            log.info("%s version %d, signature %s refused its inputs: %s", self.name, self.version, key, exc)
+            raise invalid("the input tensors do not fit the signature") from exc
         return key, {
             alias: (results[alias].numpy(), results[alias].dtype.as_datatype_enum) for alias in wanted
         }
@@ -163,35 +184,33 @@ class Servable:
         seen: list[str] = []
         for alias in output_filter:
             if alias not in signature.outputs:
-                raise _invalid(
-                    f"output tensor alias not found in signature: {alias} "
+                raise invalid(
+                    f"output tensor alias not found in signature: {limits.shown(alias)} "
                     f"Outputs expected to be in the set {{{','.join(names)}}}."
                 )
             if alias in seen:
-                raise _invalid(f"duplicate output tensor alias: {alias}")
+                raise invalid(f"duplicate output tensor alias: {limits.shown(alias)}")
             seen.append(alias)
         return seen or names
 
     @staticmethod
     def _input_tensor(
-        index: int, alias: str, array: np.ndarray, info: meta_graph_pb2.TensorInfo
+        index: int, alias: str, array: np.ndarray, info: meta_graph_pb2.TensorInfo, bounds: Limits
     ) -> tf.Tensor:
-        wanted = tf.dtypes.as_dtype(info.dtype)
+        """The tensor fed for an input, once its array passes the rule every input passes."""
         given = dtypes.of_array(array)
         if given != info.dtype:
-            raise _invalid(
-                f"Expects arg[{index}] ({alias}) to be {dtypes.name(info.dtype)} "
-                f"but {dtypes.name(given)} is provided"
-            )
-        if not info.tensor_shape.unknown_rank:
-            dims = [d.size for d in info.tensor_shape.dim]
-            compatible = len(dims) == array.ndim and all(
-                d < 0 or d == s for d, s in zip(dims, array.shape, strict=True)
-            )
-            if not compatible:
-                shown = ",".join("?" if d < 0 else str(d) for d in dims)
-                raise _invalid(
-                    f"input tensor {alias} has shape {list(array.shape)}, "
-                    f"incompatible with the signature's [{shown}]"
-                )
-        return tf.constant(array, dtype=wanted)
+            raise dtype_error(index, alias, info.dtype, given)
+        count = limits.check_dims(alias, array.shape, signature_dims(info), bounds)
+        if given == dtypes.DT_STRING:
+            lengths = [len(v) if isinstance(v, bytes | str) else 0 for v in array.flat]
+            limits.check_strings(alias, lengths, count, bounds)
+        else:
+            limits.check_size(alias, count, array.itemsize, bounds)
+        return tf.constant(array, dtype=tf.dtypes.as_dtype(info.dtype))
+
+
+def _names(names: Sequence[str], most: int = 8) -> str:
+    """Client-chosen names for an error message: a few, each cut short."""
+    listed = ",".join(limits.shown(n) for n in names[:most])
+    return listed + (f",... ({len(names)} in all)" if len(names) > most else "")

@@ -6,6 +6,10 @@ the models found on disk before it listens, and a latest version that fails to l
 stops the start (exit status 1). SIGTERM/SIGINT stop it cleanly (exit status 0): requests
 in flight get 5 s, loads in progress a short grace (registry.Options.stop_grace_s), after
 which they are abandoned rather than waited for.
+
+Request limits (deploy/modelserver/limits.py) are flags whose defaults are the MODELSERVER_*
+settings read from the environment (stream/settings.py), so the stack's child process, which
+inherits the environment (launch.command), and `recstream modelserver` both follow them.
 """
 
 from __future__ import annotations
@@ -16,14 +20,22 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from stream.settings import FIELDS, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from deploy.modelserver.limits import Limits
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
 log = logging.getLogger("deploy.modelserver")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.modelserver", description="TF-Serving-compatible model server"
     )
@@ -65,12 +77,53 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         const=True,
         default=False,
     )
-    add("--grpc-workers", type=int, default=16, help="threads answering gRPC requests")
+    try:
+        limits = _limit_defaults(os.environ if environ is None else environ)
+    except ValueError as exc:
+        parser.error(str(exc))
+    for flags, attr, kind, text in _LIMIT_FLAGS:
+        add(*flags, dest=attr, type=kind, default=limits[attr], help=f"{text} (default {limits[attr]})")
     add("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if not args.model_config_file and not args.model_base_path:
         parser.error("--model-base-path (or --model-config-file) is required")
+    try:
+        args.limits = _limits(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
+
+
+# (flags, Limits field = the setting's attribute without "modelserver_", type, help)
+_LIMIT_FLAGS: tuple[tuple[tuple[str, ...], str, type, str], ...] = (
+    (("--max-grpc-message-bytes",), "max_grpc_message_bytes", positive_int, "largest gRPC message"),
+    (("--max-batch",), "max_batch", positive_int, "largest leading dimension of an input"),
+    (("--max-string-bytes",), "max_string_bytes", positive_int, "largest string element of an input"),
+    (("--max-rest-body-bytes",), "max_rest_body_bytes", positive_int, "largest REST request body"),
+    (("--rest-timeout-s",), "rest_timeout_s", positive_float, "time a REST request may take to arrive"),
+    (("--rest-workers", "--rest_api_num_threads"), "rest_workers", positive_int, "threads answering REST"),
+    (("--grpc-workers", "--grpc_max_threads"), "grpc_workers", positive_int, "threads answering gRPC"),
+)
+
+
+def _limit_defaults(environ: Mapping[str, str]) -> dict[str, object]:
+    """The MODELSERVER_* limit settings from `environ` (their defaults where unset)."""
+    values: dict[str, object] = {}
+    wanted = {"modelserver_" + attr for _, attr, _, _ in _LIMIT_FLAGS}
+    for field in FIELDS:
+        if field.attr in wanted:
+            raw = environ.get(field.env, field.default)
+            try:
+                values[field.attr.removeprefix("modelserver_")] = field.parse(raw)
+            except ValueError as exc:
+                raise ValueError(f"{field.env}={raw!r}: {exc}") from None
+    return values
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    from deploy.modelserver.limits import Limits
+
+    return Limits(**{attr: getattr(args, attr) for _, attr, _, _ in _LIMIT_FLAGS})
 
 
 def _bool(text: str) -> bool:
@@ -101,8 +154,8 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
             log.info("stopped during the initial load")
             registry.stop()
             return 0
-        grpc_server = make_server(registry, args.host, args.grpc_port, args.grpc_workers)
-        rest = RestServer(registry, args.host, args.rest_port) if args.rest_port else None
+        grpc_server = make_server(registry, args.host, args.grpc_port, args.limits)
+        rest = RestServer(registry, args.host, args.rest_port, args.limits) if args.rest_port else None
     except (ServingError, OSError) as exc:
         stopped = stop.is_set()  # before registry.stop() sets it: the initial load was cut short
         registry.stop()
@@ -119,7 +172,7 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
             daemon=True,
         ).start()
     grpc_server.start()
-    log.info("Running gRPC ModelServer at %s:%d", args.host, args.grpc_port)
+    log.info("Running gRPC ModelServer at %s:%d with %s", args.host, args.grpc_port, args.limits)
     if rest:
         rest.start()
         log.info("Exporting HTTP/REST API at %s:%d", args.host, args.rest_port)
@@ -140,7 +193,7 @@ def _registry(args: argparse.Namespace, stop: threading.Event):
     from deploy.modelserver.warmup import run_warmup
 
     def load(name: str, version: int, path: str) -> Servable:
-        servable = Servable(name, version, path)
+        servable = Servable(name, version, path, args.limits)
         if args.enable_model_warmup:
             run_warmup(servable)
         return servable

@@ -10,10 +10,13 @@ must), kept in `ModelServer.configs`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -119,8 +122,10 @@ class ModelServer:
         model: str = "rec",
         config_file: Path | None = None,
         host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.base, self.log_path, self.model, self.host = base, log_path, model, host
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.configs: dict[str, model_server_config_pb2.ModelConfig] = {}
         if config_file:
@@ -155,7 +160,9 @@ class ModelServer:
             self.host,
         ]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
+            )
         self.channel = grpc.insecure_channel(f"{self.host}:{self.grpc_port}")
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
@@ -269,6 +276,18 @@ def served_version(response: predict_pb2.PredictResponse) -> int:
     return version
 
 
+# Request limits of the shared server, set the way the stack sets them: MODELSERVER_* settings in
+# the environment the server process inherits. Small, so that the tests can cross each one.
+LIMITS = {
+    "MODELSERVER_MAX_BATCH": "16",
+    "MODELSERVER_MAX_STRING_BYTES": "4096",
+    "MODELSERVER_MAX_GRPC_MESSAGE_BYTES": str(1 << 20),
+    "MODELSERVER_MAX_REST_BODY_BYTES": str(64 << 10),
+    "MODELSERVER_REST_TIMEOUT_S": "2",
+    "MODELSERVER_REST_WORKERS": "4",
+}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, exports: dict[Any, Path]) -> Iterator[ModelServer]:
     """One server for the module: model `rec` with versions 1 and 2 on disk (latest policy: 2 serves)."""
@@ -277,7 +296,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, exports: dict[Any, Path]) -
     base.mkdir()
     place(exports[1], base, 1)
     place(exports[2], base, 2)
-    server = ModelServer(base, root / "server.log")
+    server = ModelServer(base, root / "server.log", env=LIMITS)
     try:
         server.start()
         server.wait_healthy()
@@ -469,6 +488,120 @@ def test_rest_agrees_with_grpc(server: ModelServer) -> None:
     for method, path, payload, code in errors:
         status, body = server.rest(method, path, payload)
         assert (status, sorted(body)) == (code, ["error"]), (method, path, body)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_tiny_request_declaring_a_huge_shape_is_refused_with_memory_flat(server: ModelServer) -> None:
+    # One string declared as 2**28 of them: make_ndarray would pad it out to gigabytes.
+    hostile = predict_pb2.PredictRequest()
+    hostile.model_spec.name = "rec"
+    users = hostile.inputs["user_id"]
+    users.dtype = tf.string.as_datatype_enum
+    users.tensor_shape.dim.add(size=1 << 28)
+    users.string_val.append(b"u")
+    hostile.inputs["k"].CopyFrom(tf.make_tensor_proto(np.int32(3)))
+    assert len(hostile.SerializeToString()) < 64
+    wide_k = predict_pb2.PredictRequest()
+    wide_k.CopyFrom(hostile)
+    wide_k.inputs["user_id"].CopyFrom(tf.make_tensor_proto(["u1"]))
+    wide_k.inputs["k"].tensor_shape.dim.add(size=1 << 28)  # the signature's k is a scalar
+    served_version(server.predict(recommend_request(["u1"], np.int32(3))))
+    before = rss_kib(server.proc.pid)
+    for _ in range(10):
+        for request, message in [
+            (hostile, "has batch size 268435456, more than the limit 16"),
+            (wide_k, "input tensor k has shape [268435456], incompatible with the signature's []"),
+        ]:
+            error = server.error(lambda r=request: server.predict(r))
+            assert (error.code(), message in error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, True)
+    grown_mib = (rss_kib(server.proc.pid) - before) / 1024
+    assert grown_mib < 50, f"RSS grew {grown_mib:.0f} MiB"
+    assert served_version(server.predict(recommend_request(["u1", "u2"], np.int32(3)))) == 2
+
+
+def test_batches_strings_and_messages_over_the_limits_are_refused(server: ModelServer) -> None:
+    users = [f"u{i}" for i in range(17)]
+    error = server.error(lambda: server.predict(recommend_request(users, np.int32(2))))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input tensor user_id has batch size 17, more than the limit 16" in error.details()
+    assert served_version(server.predict(recommend_request(users[:16], np.int32(2)))) == 2
+    status, body = server.rest("POST", "/v1/models/rec:predict", {"inputs": {"user_id": users, "k": 2}})
+    assert (status, body) == (
+        400,
+        {"error": "input tensor user_id has batch size 17, more than the limit 16"},
+    )
+    rows = [{"users": u, "products": "p"} for u in users]
+    status, body = server.rest(
+        "POST", "/v1/models/rec:predict", {"signature_name": "score", "instances": rows}
+    )
+    assert (status, body) == (400, {"error": "'instances' has 17 items, more than the limit 16"})
+
+    error = server.error(lambda: server.predict(recommend_request(["x" * 5000], np.int32(2))))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "has a string of 5000 bytes, more than the limit 4096" in error.details()
+    # Over the message limit: refused by gRPC itself before the servicer sees it.
+    big = recommend_request(["u1"], np.int32(2))
+    big.inputs["padding"].string_val.append(b"x" * (1 << 20))
+    assert server.error(lambda: server.predict(big)).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert served_version(server.predict(recommend_request(["u1"], np.int32(2)))) == 2
+
+
+def test_an_oversized_rest_body_gets_413_and_the_server_keeps_serving(server: ModelServer) -> None:
+    inputs = {"user_id": ["a" * 1000] * 70, "k": 1}  # ~70 KiB, over the 64 KiB limit
+    status, body = server.rest("POST", "/v1/models/rec:predict", {"inputs": inputs})
+    assert (status, body) == (413, {"error": f"Request body is larger than the limit of {64 << 10} bytes"})
+    with socket.create_connection((server.host, server.rest_port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/models/rec:predict HTTP/1.1\r\nContent-Length: 1000000000000\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 413 ")  # answered without a byte of the body
+    status, body = server.rest("POST", "/v1/models/rec:predict", {"inputs": {"user_id": ["a"], "k": 1}})
+    assert status == 200 and body["outputs"]["model_version"] == 2
+
+
+def test_a_slow_loris_is_cut_off_by_the_timeout_while_others_are_served(server: ModelServer) -> None:
+    # Headers trickle in a line every 0.2 s: no single read waits long, but the request as a
+    # whole must arrive within MODELSERVER_REST_TIMEOUT_S (2 s) or the connection is closed.
+    loris = socket.create_connection((server.host, server.rest_port), timeout=30)
+    loris.sendall(b"POST /v1/models/rec:predict HTTP/1.1\r\n")
+    closed = threading.Event()
+    drips = 0
+
+    def drip() -> None:
+        nonlocal drips
+        while not closed.wait(0.2):
+            try:
+                loris.sendall(b"X-Drip: 1\r\n")
+                drips += 1
+            except OSError:
+                return
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            loris.recv(1024)  # b"" once the server closes it
+        closed.set()
+
+    threads = [threading.Thread(target=drip), threading.Thread(target=watch)]
+    for thread in threads:
+        thread.start()
+    served = 0
+    deadline = time.monotonic() + WAIT_S
+    try:
+        while not closed.is_set() and time.monotonic() < deadline:
+            assert server.rest("GET", "/v1/models/rec")[0] == 200
+            served += 1
+            time.sleep(0.05)
+        assert closed.is_set(), "the slow connection was never closed"
+    finally:
+        closed.set()
+        loris.close()
+        for thread in threads:
+            thread.join(timeout=10)
+    assert served > 0 and drips >= 5  # it kept sending past many reads, and others were answered
 
 
 def test_new_version_on_disk_is_loaded_then_the_old_one_unloaded(

@@ -12,9 +12,8 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from kafka import KafkaConsumer, TopicPartition
+from control_helpers import ModelUpdates, wait_until
 from kafka_helpers import create_topic
 from modelserver_helpers import Servers
 from prometheus_client import REGISTRY
@@ -32,7 +31,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from deploy.processes import free_port
 from deploy.stack import EMPTY_MODEL_CONFIG
 from retrain.registry import ModelRegistry
-from stream.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent, parse_model_event
+from stream.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
 from stream.producer import EventProducer
 from stream.settings import Settings
 from stream.storage import make_client
@@ -46,21 +45,8 @@ from updater.swap import Fleet
 
 pytestmark = pytest.mark.integration
 
-WAIT_S = 90.0
-
 
 # -- helpers -------------------------------------------------------------------------------------
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[Any, Path]:
     root = tmp_path_factory.mktemp("updater-exports")
@@ -76,41 +62,6 @@ def model_settings(settings: Settings, **changes: Any) -> Settings:
     return dataclasses.replace(
         settings, model_name=name, model_updates_topic=topic, updater_metrics_port=0, **changes
     )
-
-
-class Events:
-    """Every record of the test's model-updates topic, read as it arrives."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-        partition = TopicPartition(settings.model_updates_topic, 0)
-        self.consumer.assign([partition])
-        self.consumer.seek_to_beginning(partition)
-        self.seen: list[ModelEvent] = []
-
-    def _read(self) -> None:
-        for records in self.consumer.poll(timeout_ms=200).values():
-            self.seen.extend(parse_model_event(r.value) for r in records)
-
-    def wait(self, event: str, version: int) -> ModelEvent:
-        def found() -> ModelEvent | None:
-            self._read()
-            return next((e for e in self.seen if (e.event, e.version) == (event, version)), None)
-
-        return wait_until(found, f"{event} {version} on model-updates")
-
-    def settle(self) -> list[tuple[str, int]]:
-        """Everything on the topic once nothing new arrived for a while."""
-        quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < 3:
-            before = len(self.seen)
-            self._read()
-            if len(self.seen) != before:
-                quiet_since = time.monotonic()
-        return [(e.event, e.version) for e in self.seen]
-
-    def close(self) -> None:
-        self.consumer.close()
 
 
 def publish(registry: ModelRegistry, producer: EventProducer, topic: str, export: Path, version: int) -> None:
@@ -164,7 +115,7 @@ def test_activate_swap_rollback_reject_and_restart(settings: Settings, exports: 
     config = ConfigFile(s.model_config_file)
     dirs = VersionDirs(s.model_base_path / model)
     others_before = config.read().model_config_list.config  # other tests' models stay untouched
-    events = Events(s)
+    events = ModelUpdates(s)
     group = f"updater-{model}"
     running = Running(s, group)
     try:

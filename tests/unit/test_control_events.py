@@ -7,7 +7,7 @@ import json
 import pytest
 
 from stream.alerts import DriftAlert, parse_drift_alert
-from stream.model_events import ModelEvent, parse_model_event
+from stream.model_events import MAX_EVENT_BYTES, ModelEvent, parse_model_event
 from stream.schemas import InvalidMessage
 
 
@@ -62,3 +62,48 @@ def test_drift_alert_round_trip_and_rejections() -> None:
         with pytest.raises(InvalidMessage) as caught:
             parse_drift_alert(body)
         assert caught.value.reason.startswith(f"{field}:"), body
+
+
+VALID_EVENT = {"event": "published", "model": "m", "version": 1, "ts": 1, "metrics": {"hr@10": 0.2}}
+POISON = [
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, "value: larger than", id="oversized-deep-nesting"),
+    pytest.param(b"[" * 30_000, "value: not valid JSON (nested too deeply)", id="deep-nesting"),
+    pytest.param(json.dumps({"pad": "x" * MAX_EVENT_BYTES}).encode(), "value: larger than", id="oversized"),
+    pytest.param(b'{"metrics": ' + b'{"a": ' * 20 + b"1" + b"}" * 21, "value: nested deeper", id="nested-20"),
+    pytest.param(b"\xff\xfe", "value: not valid UTF-8", id="not-utf8"),
+    pytest.param(b"", "value: empty", id="empty"),
+    pytest.param(None, "value: empty", id="none"),
+]
+
+
+@pytest.mark.parametrize(("body", "reason"), POISON)
+def test_poison_control_records_are_invalid_messages(body: bytes | None, reason: str) -> None:
+    for parse in (parse_model_event, parse_drift_alert):
+        with pytest.raises(InvalidMessage) as caught:
+            parse(body)
+        assert caught.value.reason.startswith(reason), caught.value.reason
+
+
+def test_numbers_beyond_a_float_or_int64_are_rejected_not_raised() -> None:
+    huge = 10**400
+    for changes, field in [
+        ({"ts": huge}, "ts"),
+        ({"version": 2**63}, "version"),
+        ({"event": "rolled_back", "to": huge}, "to"),
+        ({"model": "m" * 257}, "model"),
+        ({"event": ["published"]}, "event"),
+    ]:
+        with pytest.raises(InvalidMessage) as caught:
+            parse_model_event(json.dumps({**VALID_EVENT, **changes}).encode())
+        assert caught.value.reason.startswith(f"{field}:"), changes
+    for changes, field in [
+        ({"value": huge}, "value"),
+        ({"threshold": -huge}, "threshold"),
+        ({"model_version": 2**63}, "model_version"),
+        ({"kind": {"concept": 1}}, "kind"),
+        ({"statistic": "s" * 257}, "statistic"),
+    ]:
+        with pytest.raises(InvalidMessage) as caught:
+            parse_drift_alert(json.dumps({**VALID_ALERT, **changes}).encode())
+        assert caught.value.reason.startswith(f"{field}:"), changes
+    assert parse_model_event(json.dumps({**VALID_EVENT, "version": 2**63 - 1}).encode()).version == 2**63 - 1

@@ -269,7 +269,9 @@ def test_k8s_env_names_are_settings(k8s_docs, settings_configmap):
                 assert source["configMapRef"]["name"] == "recstream-settings"
             checked += 1
     assert checked >= len(SERVICES)
-    settings = settings_from({**settings_configmap, "MINIO_ACCESS_KEY": "k" * 8, "MINIO_SECRET_KEY": "s" * 8})
+    settings = settings_from(
+        {**settings_configmap, "MINIO_ACCESS_KEY": "k" * 8, "MINIO_SECRET_KEY": "s" * 16}
+    )
     assert settings.production and settings.metrics_host == "0.0.0.0"
 
 
@@ -466,8 +468,14 @@ def test_service_probes_use_their_metrics_port(k8s_objects, settings_configmap):
         assert str(port["containerPort"]) == settings_configmap[METRICS_PORT_SETTING[name]], name
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}, (name, probe)
-        secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+        sources = [e["valueFrom"] for e in container["env"] if "valueFrom" in e]
+        secrets = {source["secretKeyRef"]["name"] for source in sources if "secretKeyRef" in source}
         assert secrets == {"recstream-minio"}
+        fields = {source["fieldRef"]["fieldPath"] for source in sources if "fieldRef" in source}
+        assert fields == ({"status.podIP"} if name == "scorer" else set())  # Faust's routing address
+        if name == "scorer":
+            (http,) = [p for p in container["ports"] if p["name"] == "http"]
+            assert str(http["containerPort"]) == settings_configmap["SCORER_HTTP_PORT"]
 
 
 def test_singletons_never_run_twice(k8s_objects):
@@ -478,7 +486,9 @@ def test_singletons_never_run_twice(k8s_objects):
 
 
 def test_k8s_topics_match_the_settings(k8s_objects, settings_configmap):
-    settings = settings_from({**settings_configmap, "MINIO_ACCESS_KEY": "k" * 8, "MINIO_SECRET_KEY": "s" * 8})
+    settings = settings_from(
+        {**settings_configmap, "MINIO_ACCESS_KEY": "k" * 8, "MINIO_SECRET_KEY": "s" * 16}
+    )
     topics = {
         o.get("spec", {}).get("topicName", o["metadata"]["name"]): o["spec"]["partitions"]
         for o in k8s_objects

@@ -118,7 +118,7 @@ def test_columnar_and_row_inputs() -> None:
         ({"inputs": {"user_id": ["a"]}}, "Missing named input: k in 'inputs' object."),
         (
             {"inputs": {"user_id": ["a"], "k": "3"}},
-            'JSON Value: "3" Type: String is not of expected type: int32',
+            "JSON Value Type: String is not of expected type: int32",
         ),
         ({"inputs": {"user_id": [["a"], "b"], "k": 1}}, "found at incorrect level"),
         ({"instances": [], "signature_name": "x"}, "No values in 'instances' array"),

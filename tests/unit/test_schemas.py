@@ -7,13 +7,16 @@ import math
 
 import pytest
 
+from ingest.batches import event_date
 from stream.schemas import (
     DEFAULT_K,
     MAX_MESSAGE_BYTES,
+    MAX_TS,
     InvalidMessage,
     RecommendationRequest,
     Transaction,
     derive_event_id,
+    future_limit,
     parse_request,
     parse_transaction,
     transaction_from_dict,
@@ -262,3 +265,62 @@ def test_nan_is_never_serialized() -> None:
     event = Transaction(event_id="e", user_id="u", item_id="i", quantity=1, ts=math.nan)
     with pytest.raises(ValueError):
         event.to_json()
+
+
+# -- event time window ----------------------------------------------------------------------------
+YEAR_10000 = 253_402_300_800  # 10000-01-01T00:00:00Z: no date can hold it
+
+
+@pytest.mark.parametrize(
+    ("ts", "accepted"),
+    [
+        pytest.param(1.0, True, id="1970"),
+        pytest.param(946_684_800, True, id="2000-backfill"),
+        pytest.param(MAX_TS, True, id="9999-12-31T23:59:59"),
+        pytest.param(MAX_TS + 0.5, False, id="9999-12-31T23:59:59.5"),
+        pytest.param(YEAR_10000, False, id="year-10000"),
+        pytest.param(1e18, False, id="1e18"),
+    ],
+)
+def test_event_time_is_bounded_by_what_a_date_can_hold(ts: float, accepted: bool) -> None:
+    if accepted:
+        assert parse_transaction(_wire(ts=ts)).ts == ts
+        assert event_date(ts) <= "9999-12-31"
+    else:
+        with pytest.raises(InvalidMessage, match=r"^ts: after 9999-12-31T23:59:59Z, no date can hold it"):
+            parse_transaction(_wire(ts=ts))
+
+
+def test_the_future_window_applies_to_ts_and_to_the_record_timestamp() -> None:
+    now = 1_790_000_000.0
+    limit = future_limit(86_400, now)
+    assert limit == now + 86_400
+    assert parse_transaction(_wire(ts=limit), max_ts=limit).ts == limit
+    with pytest.raises(InvalidMessage, match=r"^ts: ts .* more than the allowed window in the future$"):
+        parse_transaction(_wire(ts=limit + 1), max_ts=limit)
+    with pytest.raises(InvalidMessage, match=r"^ts: record timestamp .* in the future$"):
+        parse_transaction(_wire(ts=...), default_ts=limit + 1, max_ts=limit)
+    for record_ts in (YEAR_10000, 1e300, -1.0, float("nan")):  # what a broker record may carry
+        with pytest.raises(InvalidMessage, match=r"^ts: missing and record timestamp is not valid"):
+            parse_transaction(_wire(ts=...), default_ts=record_ts)
+    # A years-old backfill lands whatever the window.
+    assert parse_transaction(_wire(ts=1_000_000_000), max_ts=limit).ts == 1_000_000_000
+
+
+def test_the_window_is_judged_from_the_record_time_so_a_redelivery_decides_the_same() -> None:
+    produced, day = 1_790_000_000.0, 86_400.0
+    first, a_week_later = (
+        future_limit(day, produced + 5, produced),
+        future_limit(day, produced + 7 * day, produced),
+    )
+    assert first == a_week_later == produced + day
+    # A record timestamp ahead of the consumer's clock (skew, or forged) does not widen the window.
+    assert future_limit(day, produced, produced + 10 * day) == produced + day
+    assert future_limit(day, produced, float("nan")) == produced + day
+
+
+def test_event_date_is_total() -> None:
+    assert event_date(MAX_TS) == "9999-12-31"
+    assert event_date(YEAR_10000) == event_date(1e300) == event_date(float("inf")) == "9999-12-31"
+    assert event_date(-1e300) == event_date(float("-inf")) == event_date(float("nan")) == "0001-01-01"
+    assert event_date(1_790_000_000.0) == "2026-09-21" and event_date(0) == "1970-01-01"

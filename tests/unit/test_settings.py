@@ -63,7 +63,7 @@ def test_production_refuses_local_credentials(tmp_path: Path) -> None:
     with pytest.raises(SettingsError):
         load_settings(environ={**base, "MINIO_ACCESS_KEY": "svc", "MINIO_SECRET_KEY": LOCAL_SECRET_KEY})
     ok = load_settings(
-        environ={**base, "MINIO_ACCESS_KEY": "svc", "MINIO_SECRET_KEY": "s3cr3t-from-a-secret"}
+        environ={**base, "MINIO_ACCESS_KEY": "svc-account", "MINIO_SECRET_KEY": "s3cr3t-from-a-secret"}
     )
     assert ok.production
 
