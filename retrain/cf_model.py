@@ -8,7 +8,14 @@ of the items they bought before (most recent first). Items already bought are ma
 the softmax, as they are out of the recommendations.
 
 Warm start: a child model keeps the parent's rows for every known user and item (vocabularies
-only grow, so indices are stable) and its dense layers, and starts new rows fresh.
+only grow, so indices are stable) and its dense layers, and starts new rows fresh; a new item's
+output bias starts from its (recency-weighted) popularity, so a product launched since the parent
+is not buried below every known one before training has seen it.
+
+Recency (`retrain.dataset.Recency`): examples are weighted by age and drift regime, in training
+and in early stopping's validation loss. The validation examples are each user's latest training
+purchase (the latest ones when there are more than `Params.validation` of the examples): the
+model is stopped on what comes next, the way the gate judges it, not on a random sample of the past.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from retrain.dataset import Interactions, Vocabulary
+from retrain.dataset import Interactions, Recency, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +61,29 @@ class Params:
         return int(min(self.batch, max(32, examples // 100)))
 
 
-def _histories(train: Interactions, history: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Training examples (user, history before, new item) and each user's final history.
+@dataclass(frozen=True)
+class Examples:
+    """Training examples (user, history before, new item, when it was bought) and final histories.
 
-    Histories hold item index + 1 (0 pads), distinct items, most recent first.
+    Histories hold item index + 1 (0 pads), distinct items, most recent first. Examples come
+    grouped by user, in each user's purchase order; `ts` is 0 when the data has no times.
     """
-    users, rows, targets = [], [], []
+
+    users: np.ndarray  # int32 [E]
+    histories: np.ndarray  # int32 [E, history]
+    targets: np.ndarray  # int32 [E]
+    ts: np.ndarray  # float64 [E]
+    final: np.ndarray  # int32 [n_users, history]
+
+
+def _histories(train: Interactions, history: int) -> Examples:
+    users, rows, targets, when = [], [], [], []
     final = np.zeros((train.n_users, history), dtype=np.int32)
+    times = train.ts if train.ts is not None else np.zeros(len(train.items))
     for user in range(train.n_users):
         order: list[int] = []  # distinct items, most recent last
-        for item in train.sequence(user).tolist():
+        start = int(train.indptr[user])
+        for offset, item in enumerate(train.sequence(user).tolist()):
             if item in order:
                 order.remove(item)
             else:
@@ -72,24 +92,36 @@ def _histories(train: Interactions, history: int) -> tuple[np.ndarray, np.ndarra
                     users.append(user)
                     rows.append([i + 1 for i in recent] + [0] * (history - len(recent)))
                     targets.append(item)
+                    when.append(times[start + offset])
             order.append(item)
         recent = order[::-1][:history]
         final[user, : len(recent)] = [i + 1 for i in recent]
-    return (
+    return Examples(
         np.asarray(users, dtype=np.int32),
         np.asarray(rows, dtype=np.int32).reshape(-1, history),
         np.asarray(targets, dtype=np.int32),
+        np.asarray(when, dtype=np.float64),
         final,
     )
 
 
-def _split(examples: int, params: Params) -> tuple[np.ndarray, np.ndarray]:
-    """Training and validation example indices, drawn at random (examples come grouped by user).
+def _split(users: np.ndarray, ts: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation example indices: validation is each user's latest example.
 
-    Too few examples for a meaningful validation set (under 1,000): no validation."""
-    order = np.random.default_rng(params.seed).permutation(examples)
-    held = int(examples * params.validation) if examples >= 1000 else 0
-    return np.sort(order[held:]), np.sort(order[:held])
+    At most `params.validation` of the examples: the most recent of those (latest `ts`; the
+    latest users on ties). Too few examples for a meaningful validation set (under 1,000) or
+    `validation` 0: no validation. `users` must be grouped (examples in each user's order).
+    """
+    examples = len(users)
+    budget = int(examples * params.validation) if examples >= 1000 else 0
+    if budget == 0:
+        return np.arange(examples), np.zeros(0, dtype=np.int64)
+    last = np.flatnonzero(np.append(users[1:] != users[:-1], True))  # each user's latest example
+    if len(last) > budget:
+        last = np.sort(last[np.argsort(ts[last], kind="stable")[-budget:]])
+    held = np.zeros(examples, dtype=bool)
+    held[last] = True
+    return np.flatnonzero(~held), np.flatnonzero(held)
 
 
 def build_keras(n_users: int, n_items: int, params: Params):
@@ -127,7 +159,7 @@ class Trained:
     keras_model: Any
     histories: np.ndarray  # int32 [n_users, history], item index + 1, 0 pads
     bought: np.ndarray  # bool [n_users, n_items]
-    popularity: np.ndarray  # float64 [n_items], distinct buyers
+    popularity: np.ndarray  # float64 [n_items], distinct buyers (recency-weighted when trained so)
 
     def scores(self, users: np.ndarray) -> np.ndarray:
         """Float [len(users), n_items] logits of known users (rows of `self.users`)."""
@@ -168,6 +200,20 @@ def load(directory: Path) -> Trained:
         )
 
 
+def _prior_bias(model: Any, popularity: np.ndarray, known: int = 0) -> None:
+    """Output biases of items from index `known` on: their log popularity, on the scale of the known
+    items' biases (same median as theirs for the same median popularity), or centred when none is
+    known. A launched product then starts where its buyers put it, not at 0 below the catalogue."""
+    layer = model.get_layer("output")
+    kernel, bias = layer.get_weights()
+    prior = np.log1p(np.asarray(popularity, dtype=np.float64))
+    if known >= len(bias):
+        return
+    offset = float(np.median(bias[:known]) - np.median(prior[:known])) if known else -float(prior.mean())
+    bias[known:] = (prior[known:] + offset).astype(bias.dtype)
+    layer.set_weights([kernel, bias])
+
+
 def _warm_start(model: Any, parent: Trained) -> None:
     """Copy the parent's rows for known IDs and its dense layers; new rows keep their fresh init."""
     old_users, old_items = len(parent.users), len(parent.items)
@@ -189,9 +235,17 @@ def _warm_start(model: Any, parent: Trained) -> None:
 
 
 def train(
-    data: Interactions, params: Params, parent: Trained | None = None, progress: Progress | None = None
+    data: Interactions,
+    params: Params,
+    parent: Trained | None = None,
+    progress: Progress | None = None,
+    recency: Recency | None = None,
 ) -> Trained:
-    """Fit on `data` (whose vocabularies extend the parent's, if any); `progress` gets every epoch."""
+    """Fit on `data` (whose vocabularies extend the parent's, if any); `progress` gets every epoch.
+
+    `recency` weighs the examples by when they were bought (needs `data.ts`), in training, in the
+    validation loss, and in the popularity the model keeps for serving's fallback.
+    """
     import keras
 
     keras.utils.set_random_seed(params.seed)
@@ -207,10 +261,16 @@ def train(
             parent = None
         elif data.users.ids[: len(parent.users)] != parent.users.ids:
             raise ValueError("the data's vocabulary does not extend the parent's: warm start impossible")
-    users, histories, targets, final = _histories(data, params.history)
+    examples = _histories(data, params.history)
+    users, histories, targets = examples.users, examples.histories, examples.targets
+    recency = recency if recency is not None and data.ts is not None else Recency()
+    weights = recency.weights(examples.ts).astype(np.float32)
+    popularity = data.popularity(recency)
     model = build_keras(data.n_users, data.n_items, params)
+    _prior_bias(model, popularity)
     if parent is not None:
         _warm_start(model, parent)
+        _prior_bias(model, popularity, known=len(parent.items))
         log.info(
             "warm start: %d/%d users and %d/%d items from the parent",
             len(parent.users),
@@ -224,30 +284,54 @@ def train(
     )
 
     class Report(keras.callbacks.Callback):
+        def __init__(self, total: int, after: int = 0) -> None:
+            super().__init__()
+            self.total, self.after = total, after
+
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             figures = {k: float(v) for k, v in (logs or {}).items()}
-            log.info("epoch %d/%d %s", epoch + 1, params.epochs, figures)
+            log.info("epoch %d/%d %s", self.after + epoch + 1, self.total, figures)
             if progress is not None:
-                progress(epoch + 1, params.epochs, figures)
+                progress(self.after + epoch + 1, self.total, figures)
 
     if params.epochs and len(targets):
-        fit, held = _split(len(targets), params)
-        callbacks: list[Any] = [Report()]
+        fit, held = _split(users, examples.ts, params)
+        if params.epochs < 2:  # no epoch to stop early from: train on every example
+            fit, held = np.arange(len(targets)), held[:0]
+        stopped = 0
         if len(held):
             # A warm start begins near a good model: more epochs than it needs overfit it.
-            callbacks.append(
-                keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=params.patience, restore_best_weights=True, verbose=0
-                )
+            stopping = keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=params.patience, restore_best_weights=True, verbose=0
             )
+            history = model.fit(
+                [users[fit], histories[fit]],
+                targets[fit],
+                sample_weight=weights[fit] if recency.active else None,
+                batch_size=params.batch_size(len(fit)),
+                epochs=params.epochs - 1,
+                shuffle=True,
+                verbose=0,
+                callbacks=[Report(params.epochs), stopping],
+                validation_data=(
+                    [users[held], histories[held]],
+                    targets[held],
+                    weights[held] if recency.active else None,
+                ),
+            )
+            stopped = len(history.epoch)
+        # Without validation: every epoch on every example. With it: the last epoch, from the best
+        # weights, over every example. The validation examples are the latest purchases, the ones
+        # closest to what comes next (after a drift: most of the new regime); leaving them out
+        # cost 0.009 HR@10 on the seed (README).
         model.fit(
-            [users[fit], histories[fit]],
-            targets[fit],
-            batch_size=params.batch_size(len(fit)),
-            epochs=params.epochs,
+            [users, histories],
+            targets,
+            sample_weight=weights if recency.active else None,
+            batch_size=params.batch_size(len(targets)),
+            epochs=params.epochs - stopped if not len(held) else 1,
             shuffle=True,
             verbose=0,
-            callbacks=callbacks,
-            validation_data=([users[held], histories[held]], targets[held]) if len(held) else None,
+            callbacks=[Report(params.epochs, after=stopped)],
         )
-    return Trained(data.users, data.item_vocab, params, model, final, data.bought(), data.popularity())
+    return Trained(data.users, data.item_vocab, params, model, examples.final, data.bought(), popularity)

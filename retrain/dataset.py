@@ -10,6 +10,8 @@ implicit feedback), repeated purchases of an item stay in the sequence.
 The holdout (`temporal_holdout`) is the evaluation protocol of the retrain gate: each user's
 latest purchase of an item they had not bought before is hidden, the model is trained on the
 rest and must rank that item in its top k among the items the user has not bought yet.
+`recent_test` narrows it to the regime a version will serve: the held-out purchases of a recent
+window. `Recency` weighs training examples by age (and a drift's new regime above the old).
 """
 
 from __future__ import annotations
@@ -72,9 +74,9 @@ def order_events(frame: pd.DataFrame) -> pd.DataFrame:
 class Holdout:
     """A leave-last-out split: `train` events, and one held-out item per evaluated user.
 
-    `test` has columns user_id and item_id (one row per evaluated user, in order of first
-    appearance in the data); `train` holds every event except the held-out ones, so users who
-    are not evaluated keep all their events for training.
+    `test` has columns user_id, item_id and ts (the held-out purchase's time; one row per
+    evaluated user, in order of first appearance in the data); `train` holds every event except
+    the held-out ones, so users who are not evaluated keep all their events for training.
     """
 
     train: pd.DataFrame
@@ -93,7 +95,8 @@ def temporal_holdout(frame: pd.DataFrame, min_distinct_items: int = MIN_DISTINCT
     """
     events = order_events(frame)
     if events.empty:
-        return Holdout(train=events, test=pd.DataFrame({"user_id": [], "item_id": []}, dtype=str))
+        empty = pd.DataFrame({"user_id": pd.Series([], dtype=str), "item_id": pd.Series([], dtype=str)})
+        return Holdout(train=events, test=empty.assign(ts=pd.Series([], dtype=np.float64)))
     user_codes, user_names = pd.factorize(events["user_id"])
     item_codes = pd.factorize(events["item_id"])[0]
     # Group each user's events together, keeping event order within a user.
@@ -122,11 +125,64 @@ def temporal_holdout(frame: pd.DataFrame, min_distinct_items: int = MIN_DISTINCT
         {
             "user_id": np.asarray(user_names)[evaluated].astype(str),
             "item_id": events["item_id"].to_numpy()[order[ends[evaluated] - 1]],
+            "ts": events["ts"].to_numpy(dtype=np.float64)[order[ends[evaluated] - 1]],
         }
     )
     train = events.loc[~held].reset_index(drop=True)
     log.info("holdout: %d of %d users evaluated, %d training events", len(test), n_users, len(train))
     return Holdout(train=train, test=test)
+
+
+def recent_test(test: pd.DataFrame, start: float | None, min_users: int) -> pd.DataFrame:
+    """The held-out purchases made at or after `start` (None: all of them), the gate's holdout.
+
+    At least the latest `min_users` held-out purchases (or all there are), so a quiet recent
+    window still gives a judgeable holdout. A test frame without ts (an older run's) is whole.
+    """
+    if start is None or "ts" not in test.columns or test.empty:
+        return test
+    recent = test[test["ts"].to_numpy(dtype=np.float64) >= start]
+    if len(recent) < min(min_users, len(test)):
+        latest = np.argsort(test["ts"].to_numpy(dtype=np.float64), kind="stable")[-min_users:]
+        recent = test.iloc[np.sort(latest)]
+    return recent.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Recency:
+    """Training example weights that follow the regime a version will serve.
+
+    A weight halves every `half_life_s` of age (0: no decay), and the examples at or after
+    `drift_from` (the start of a drift alert's window) are raised together to at least
+    `drift_share` of the total weight, each at most `max_boost` times its decayed weight: a new
+    regime of a few thousand purchases among a hundred thousand older ones then moves the model.
+    Weights are scaled to mean 1, so the loss (and the learning rate's effect) keeps its scale.
+    """
+
+    half_life_s: float = 0.0
+    drift_from: float | None = None
+    drift_share: float = 0.0
+    max_boost: float = 100.0
+
+    @property
+    def active(self) -> bool:
+        return self.half_life_s > 0 or (self.drift_from is not None and self.drift_share > 0)
+
+    def weights(self, ts: np.ndarray) -> np.ndarray:
+        """Float64 weights of examples made at `ts` (ages count from the latest of them)."""
+        ts = np.asarray(ts, dtype=np.float64)
+        weights = np.ones(len(ts))
+        if len(ts) == 0 or not self.active:
+            return weights
+        if self.half_life_s > 0:
+            weights = np.exp2(-(ts.max() - ts) / self.half_life_s)
+        if self.drift_from is not None and self.drift_share > 0:
+            new = ts >= self.drift_from
+            new_total, old_total = weights[new].sum(), weights[~new].sum()
+            if new_total > 0 and old_total > 0 and new_total / (new_total + old_total) < self.drift_share:
+                boost = self.drift_share / (1 - self.drift_share) * old_total / new_total
+                weights = np.where(new, weights * min(boost, self.max_boost), weights)
+        return weights / weights.mean()
 
 
 class Vocabulary:
@@ -174,7 +230,8 @@ class Vocabulary:
 class Interactions:
     """Per-user purchase sequences as index arrays (CSR-like), with the vocabularies they index.
 
-    Sequence of user u: `items[indptr[u]:indptr[u + 1]]` in event order, repeats included.
+    Sequence of user u: `items[indptr[u]:indptr[u + 1]]` in event order, repeats included, made
+    at `ts[indptr[u]:indptr[u + 1]]` (None when the times are unknown: every event is as recent).
     Users of the vocabulary without events have empty sequences.
     """
 
@@ -182,6 +239,7 @@ class Interactions:
     item_vocab: Vocabulary
     indptr: np.ndarray  # int64 [n_users + 1]
     items: np.ndarray  # int32 [n_events]
+    ts: np.ndarray | None = None  # float64 [n_events]
 
     @property
     def n_users(self) -> int:
@@ -204,12 +262,22 @@ class Interactions:
         mask[owner, self.items[np.repeat(self.indptr[rows], lengths) + within]] = True
         return mask
 
-    def popularity(self) -> np.ndarray:
+    def popularity(self, recency: Recency | None = None) -> np.ndarray:
         """Float64 [n_items]: number of distinct users who bought each item.
 
         Distinct buyers rather than events, so a few bulk re-buyers do not make an item popular.
+        With `recency`, each buyer counts with the weight of their latest purchase of the item
+        (scaled so the total stays the number of buyer-item pairs): a product bought by many in
+        a new regime leads the fallback ranking from the first retrain that sees it.
         """
-        return self.bought().sum(axis=0).astype(np.float64)
+        if recency is None or not recency.active or self.ts is None or not len(self.items):
+            return self.bought().sum(axis=0).astype(np.float64)
+        owners = np.repeat(np.arange(self.n_users), np.diff(self.indptr))
+        latest = np.full(self.n_users * self.n_items, -np.inf)
+        np.maximum.at(latest, owners * self.n_items + self.items, self.ts)
+        pairs = np.flatnonzero(latest > -np.inf)
+        weights = recency.weights(latest[pairs])
+        return np.bincount(pairs % self.n_items, weights=weights, minlength=self.n_items)
 
 
 def build_interactions(
@@ -230,4 +298,7 @@ def build_interactions(
     order = np.argsort(user_index, kind="stable")  # grouped by user, event order kept within
     counts = np.bincount(user_index, minlength=len(user_vocab))
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return Interactions(users=user_vocab, item_vocab=item_vocab, indptr=indptr, items=item_index[order])
+    ts = events["ts"].to_numpy(dtype=np.float64)[order] if "ts" in events.columns else None
+    return Interactions(
+        users=user_vocab, item_vocab=item_vocab, indptr=indptr, items=item_index[order], ts=ts
+    )

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -116,6 +117,9 @@ def test_stream_to_versions_gate_and_warm_start(
     assert meta["version"] == 1 and meta["parent_version"] is None
     assert meta["metrics"]["candidate"]["hr"] == metrics["candidate"]["hr"]
     assert meta["reference"]["item_share"] and meta["counts"]["holdout_users"] >= 50
+    # Everything landed within RETRAIN_RECENT_S: the recent holdout is the whole one.
+    assert meta["counts"]["recent_holdout_users"] == meta["counts"]["holdout_users"]
+    assert meta["holdouts"]["whole"]["candidate"] == meta["metrics"]["candidate"]
     assert (version_dir / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
     known = next(iter(meta["reference"]["item_share"]))  # any item id works for the score call
     assert known
@@ -136,13 +140,21 @@ def test_stream_to_versions_gate_and_warm_start(
     assert "gate:" in worse.reason
     assert registry.state().status[2] == "rejected"
 
+    drift_from = time.time()  # as if a drift alert's window started with the second slice
     land(
         s, seed_slice(seed_file, FIRST_ROWS, SECOND_ROWS, tmp_path / "second.csv"), tmp_path / "ingest-2.log"
     )
-    second = retrain_once(s)
+    second = retrain_once(s, drift_from=drift_from)
     assert second.event == "published" and second.version == 3, second.reason
     meta2 = registry.metadata(3)
     assert meta2["parent_version"] == 1
+    # Judged on the customers of the new regime (the second slice's), the whole holdout kept beside.
+    recent, whole = meta2["counts"]["recent_holdout_users"], meta2["counts"]["holdout_users"]
+    assert 50 <= recent < whole and meta2["metrics"]["candidate"]["users"] == recent
+    assert meta2["holdouts"]["recent"]["candidate"] == meta2["metrics"]["candidate"]
+    assert meta2["holdouts"]["whole"]["candidate"]["users"] == whole
+    assert set(meta2["holdouts"]["whole"]) == {"candidate", "popularity", "active", "fallback"}
+    assert meta2["window"]["recency"]["drift_from"] == drift_from
     assert meta2["counts"]["users"] > meta["counts"]["users"]  # the vocabulary grew with the stream
     assert "active" in meta2["metrics"]
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import tensorflow as tf
 
 from retrain import cf_model
 from retrain.baselines import Popularity
-from retrain.dataset import build_interactions, temporal_holdout
+from retrain.dataset import Recency, build_interactions, temporal_holdout
 from retrain.evaluate import evaluate_scores, evaluation_set
 
 SMALL = cf_model.Params(history=4, item_dim=8, user_dim=4, hidden=16, epochs=15, batch=64)
@@ -102,15 +103,47 @@ def test_training_stops_once_the_validation_loss_stops_improving() -> None:
     epochs: list[dict[str, float]] = []
     params = dataclasses.replace(SMALL, epochs=40, learning_rate=0.03)
     cf_model.train(train, params, progress=lambda epoch, total, logs: epochs.append(logs))
-    assert all("val_loss" in logs for logs in epochs)
-    assert len(epochs) < 40  # overfitting noise raises the validation loss: it stopped
-    best = int(np.argmin([logs["val_loss"] for logs in epochs]))
-    assert len(epochs) == best + 1 + params.patience
+    *stopped, final = epochs  # then one epoch over every example, validation ones included
+    assert all("val_loss" in logs for logs in stopped) and "val_loss" not in final
+    assert len(stopped) < 40  # overfitting noise raises the validation loss: it stopped
+    best = int(np.argmin([logs["val_loss"] for logs in stopped]))
+    assert len(stopped) == best + 1 + params.patience
 
 
-def test_validation_split_is_random_disjoint_and_skipped_on_little_data() -> None:
-    fit, held = cf_model._split(5000, cf_model.Params())
-    assert len(held) == 500 and len(fit) == 4500 and not set(fit) & set(held)
-    assert held.max() > 4000 and held.min() < 1000  # drawn across users, not the last ones
-    fit, held = cf_model._split(999, cf_model.Params())
-    assert len(held) == 0 and len(fit) == 999
+def test_a_drift_boost_moves_the_model_to_the_new_regime() -> None:
+    old = chain_events(200)
+    buyers = [f"u{n}" for n in range(0, 200, 3)]  # a third of the customers buy the launched product
+    launch = pd.DataFrame({"user_id": buyers, "item_id": "launched", "ts": 5000.0 + np.arange(len(buyers))})
+    frame = pd.concat([old, launch], ignore_index=True).assign(offset=lambda f: np.arange(len(f)))
+    train = build_interactions(frame)
+    others = np.flatnonzero(~np.isin(train.users.ids, buyers))
+    launched = train.item_vocab.index("launched")
+    share = {}
+    for name, recency in (("plain", None), ("boosted", Recency(drift_from=5000.0, drift_share=0.5))):
+        model = cf_model.train(train, dataclasses.replace(SMALL, epochs=6), recency=recency)
+        probabilities = tf.nn.softmax(model.scores(others)).numpy()
+        share[name] = float(probabilities[:, launched].mean())
+        if recency is not None:
+            assert model.popularity[launched] > model.popularity.max() * 0.99  # the fallback's top
+    assert share["boosted"] > 2 * share["plain"], share
+
+
+def test_a_new_items_output_bias_starts_from_its_popularity() -> None:
+    parent = cf_model.train(build_interactions(chain_events(50)), dataclasses.replace(SMALL, epochs=2))
+    grown = pd.concat(
+        [
+            chain_events(50),
+            pd.DataFrame({"user_id": [f"u{n}" for n in range(40)], "item_id": "hit", "ts": 500.0}),
+            pd.DataFrame({"user_id": ["u0"], "item_id": "flop", "ts": 501.0}),
+        ],
+        ignore_index=True,
+    ).assign(offset=lambda f: np.arange(len(f)))
+    data = build_interactions(grown, users=parent.users, items=parent.items)
+    child = cf_model.train(data, dataclasses.replace(SMALL, epochs=0), parent=parent)
+    bias = child.keras_model.get_layer("output").get_weights()[1]
+    known = bias[: len(parent.items)]
+    np.testing.assert_array_equal(known, parent.keras_model.get_layer("output").get_weights()[1])
+    hit, flop = data.item_vocab.index("hit"), data.item_vocab.index("flop")
+    # 40 buyers against the chain items' ~10 and the flop's 1, on a log scale.
+    assert bias[hit] > np.median(known) > bias[flop]
+    assert bias[hit] - bias[flop] == pytest.approx(np.log1p(40) - np.log1p(1), rel=1e-4)
