@@ -23,6 +23,7 @@ from deploy import broker, modelserver, objectstore
 from deploy.processes import (
     StackError,
     free_port,
+    pid_alive,
     pid_runs,
     port_is_free,
     start_daemon,
@@ -37,9 +38,15 @@ log = logging.getLogger(__name__)
 
 OBJECTSTORE = "objectstore"
 BROKER = "broker"
+REQUEST_BROKER = "request-broker"  # requests and answers only, on Tansu's memory engine (deploy/broker.py)
 MODELSERVER = "modelserver"
-PARTS = (OBJECTSTORE, BROKER, MODELSERVER)  # start order; stopped in reverse
-ENV_NAME = {OBJECTSTORE: "MINIO_ENDPOINT", BROKER: "KAFKA_BOOTSTRAP", MODELSERVER: "TF_SERVING_GRPC"}
+PARTS = (OBJECTSTORE, BROKER, REQUEST_BROKER, MODELSERVER)  # start order; stopped in reverse
+ENV_NAME = {
+    OBJECTSTORE: "MINIO_ENDPOINT",
+    BROKER: "KAFKA_BOOTSTRAP",
+    REQUEST_BROKER: "REQUESTS_KAFKA_BOOTSTRAP",
+    MODELSERVER: "TF_SERVING_GRPC",
+}
 # The model server follows its config file, which the updater writes before each reload (as with
 # tensorflow/serving in deploy/compose); a bad version fails at once instead of retrying for minutes.
 MODELSERVER_ARGS = (
@@ -50,6 +57,7 @@ MODELSERVER_ARGS = (
     "0",
 )
 EMPTY_MODEL_CONFIG = "model_config_list {}\n"
+START_ATTEMPTS = 3  # a part whose unpinned port was taken while it started gets new ports
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +116,20 @@ class Stack:
     def _configured_endpoint(self, part: str) -> str | None:
         if part == MODELSERVER:
             return self.configured.tf_serving_grpc
+        if part == REQUEST_BROKER:
+            return self.configured.requests_kafka_bootstrap_setting
         return self.configured.minio_endpoint if part == OBJECTSTORE else self.configured.kafka_bootstrap
+
+    def _wanted(self, part: str) -> bool:
+        """Every part but the request broker, which only comes with an embedded main broker: with a
+        configured Kafka, requests live there unless REQUESTS_KAFKA_BOOTSTRAP says otherwise."""
+        c = self.configured
+        return part != REQUEST_BROKER or bool(c.requests_kafka_bootstrap_setting or not c.kafka_bootstrap)
 
     def _endpoint(self, part: str, state: dict[str, dict]) -> str | None:
         """The configured endpoint, else the embedded part's while it has a process."""
+        if not self._wanted(part):
+            return None
         entry = state.get(part, {})
         return self._configured_endpoint(part) or (entry.get("endpoint") if entry.get("pid") else None)
 
@@ -125,6 +143,7 @@ class Stack:
             self.configured,
             minio_endpoint=self._endpoint(OBJECTSTORE, state),
             kafka_bootstrap=self._endpoint(BROKER, state),
+            requests_kafka_bootstrap_setting=self._endpoint(REQUEST_BROKER, state),
             tf_serving_grpc=self._endpoint(MODELSERVER, state),
             tf_serving_rest=self.configured.tf_serving_rest
             or (serving.get("rest") if serving.get("pid") and serving.get("managed") else None),
@@ -133,6 +152,7 @@ class Stack:
     def stack_env(self, settings: Settings) -> dict[str, str]:
         values = {
             "KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
+            "REQUESTS_KAFKA_BOOTSTRAP": settings.requests_kafka_bootstrap_setting or "",
             "MINIO_ENDPOINT": settings.minio_endpoint or "",
             "MINIO_ACCESS_KEY": settings.minio_access_key,
             "MINIO_SECRET_KEY": settings.minio_secret_key,
@@ -142,6 +162,9 @@ class Stack:
             "TF_SERVING_REST": settings.tf_serving_rest or "",
             "MODEL_BASE_PATH": str(settings.model_base_path),
         }
+        from deploy.supervisor import recorded_ports  # services `up` runs now keep their ports listed
+
+        values |= {setting: str(port) for setting, port in recorded_ports(self.home).items()}
         return {k: v for k, v in values.items() if v}
 
     # -- up ----------------------------------------------------------------------------------
@@ -155,7 +178,9 @@ class Stack:
         try:
             with self._locked() as state:
                 for part in PARTS:
-                    if self._ensure_part(part, state):
+                    if not self._wanted(part):
+                        self._stop_entry(part, state.get(part, {}))  # e.g. a Kafka configured since
+                    elif self._ensure_part(part, state):
                         started.append(part)
                 settings = self.settings_from(state)
                 ensure_buckets(make_client(settings), settings.buckets())
@@ -167,6 +192,41 @@ class Stack:
             raise
         log.info("stack is up; endpoints in %s", settings.stack_env_path)
         return settings
+
+    def pinned_ports(self, part: str) -> dict[str, int]:
+        """The ports of an embedded part the user pinned (setting name -> port)."""
+        c = self.configured
+        if part == OBJECTSTORE:
+            port = c.objectstore_port
+            return (
+                {"OBJECTSTORE_PORT": port, "OBJECTSTORE_PORT's gRPC port": port + objectstore.GRPC_OFFSET}
+                if port
+                else {}
+            )
+        if part == BROKER:
+            return {"BROKER_PORT": c.broker_port} if c.broker_port else {}
+        if part == REQUEST_BROKER:
+            return {"REQUEST_BROKER_PORT": c.request_broker_port} if c.request_broker_port else {}
+        pinned = {
+            "MODELSERVER_GRPC_PORT": c.modelserver_grpc_port,
+            "MODELSERVER_REST_PORT": c.modelserver_rest_port,
+        }
+        return {name: port for name, port in pinned.items() if port}
+
+    def pinned_ports_to_start(self) -> dict[str, int]:
+        """The pinned ports of the parts `up` would start (`up` checks them before starting anything)."""
+        state = self._read_state()
+        pinned: dict[str, int] = {}
+        for part in PARTS:
+            entry = state.get(part, {})
+            if (
+                not self._wanted(part)
+                or self._configured_endpoint(part)
+                or (entry.get("pid") and self._runs(part, entry["pid"], self._executable(part)))
+            ):
+                continue  # not started by this `up`: a configured endpoint, or our own part reused
+            pinned |= self.pinned_ports(part)
+        return pinned
 
     def _ensure_part(self, part: str, state: dict[str, dict]) -> bool:
         """Make `part` healthy; True when this call started a process for it."""
@@ -209,6 +269,31 @@ class Stack:
             return False
 
     def _start_part(self, part: str, state: dict[str, dict]) -> None:
+        """Start `part`; if it died at start because another program (another stack starting at the
+        same time) took one of its unpinned ports in between, start it again on new ports."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._start_part_once(part, state)
+                return
+            except StackError:
+                entry = state.get(part, {})
+                if attempt == START_ATTEMPTS or self.pinned_ports(part) or not self._lost_a_port(entry):
+                    raise
+                log.warning("%s: a port was taken while it started; starting it on new ports", part)
+                state[part] = {}
+
+    @staticmethod
+    def _lost_a_port(entry: dict) -> bool:
+        """Whether the part of `entry` is dead and one of its ports is taken (by someone else)."""
+        if pid_alive(entry.get("pid")):
+            return False
+        ports = [entry.get("port"), entry.get("grpc"), entry.get("rest_port")]
+        ports += [
+            p + offset for p in entry.get("ports", {}).values() for offset in (0, objectstore.GRPC_OFFSET)
+        ]
+        return any(port and not port_is_free(port) for port in ports)
+
+    def _start_part_once(self, part: str, state: dict[str, dict]) -> None:
         entry = state.get(part, {})
         if part == OBJECTSTORE:
             ports = objectstore.choose_ports(self.configured.objectstore_port, entry.get("ports"))
@@ -218,6 +303,11 @@ class Stack:
         elif part == MODELSERVER:
             argv, env, entry = self._modelserver_command(entry)
             endpoint = f"127.0.0.1:{entry['grpc']}"
+        elif part == REQUEST_BROKER:
+            port = _port("REQUEST_BROKER_PORT", self.configured.request_broker_port, entry.get("port"))
+            argv, env = broker.memory_command(port)
+            endpoint = f"127.0.0.1:{port}"
+            entry = {"port": port}
         else:
             port = self._broker_port(entry.get("port"))
             store = self._endpoint(OBJECTSTORE, state)
@@ -321,7 +411,7 @@ class Stack:
     def status(self) -> list[PartStatus]:
         state = self._read_state()
         result = []
-        for part in PARTS:
+        for part in filter(self._wanted, PARTS):
             entry = state.get(part, {})
             endpoint = self._endpoint(part, state)
             managed = not self._configured_endpoint(part)

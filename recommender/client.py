@@ -1,7 +1,9 @@
 """A small client for services that consume recommendations: send a request, await its answer.
 
-Requests are keyed by user_id (so the scorer that holds the user's purchases answers).
-Answers are read from every partition of `recommendations` without a consumer group,
+Requests are keyed by user_id (so the scorer that holds the user's purchases answers), sent
+at once (no linger) to REQUESTS_KAFKA_BOOTSTRAP, where answers are read with the request
+path's fetch wait (KAFKA_REQUEST_FETCH_MAX_WAIT_MS); `recommend_http` asks the scorer's HTTP
+view instead. Answers are read from every partition of `recommendations` without a consumer group,
 starting at the end as it was before the first request, and matched by request_id;
 others' answers are skipped. An answer that is redelivered is returned once.
 """
@@ -29,11 +31,15 @@ class NoAnswer(RecstreamError):
 class RecommendationClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.producer = EventProducer(settings, client_id="recstream-request")
+        bootstrap = settings.requests_kafka_bootstrap
+        self.producer = EventProducer(
+            settings, client_id="recstream-request", bootstrap=bootstrap, linger_ms=0
+        )
         self.consumer = KafkaConsumer(
-            bootstrap_servers=settings.require("kafka_bootstrap"),
+            bootstrap_servers=bootstrap,
             enable_auto_commit=False,
             group_id=None,
+            fetch_max_wait_ms=settings.kafka_request_fetch_max_wait_ms,
         )
         topic = settings.recommendations_topic
         partitions = self.consumer.partitions_for_topic(topic) or set()
@@ -106,3 +112,28 @@ class RecommendationClient:
             return
         if isinstance(answer, dict) and answer.get("request_id") in self.sent:
             self.received.setdefault(answer["request_id"], answer)
+
+
+def recommend_http(
+    settings: Settings, user_id: str, k: int = DEFAULT_K, timeout_s: float = 10.0
+) -> dict[str, Any]:
+    """One user's answer from the scorer's HTTP view (any worker: it routes to the owner)."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    query = urllib.parse.urlencode({"k": k})
+    url = (
+        f"http://{settings.scorer_http_host}:{settings.scorer_http_port}"
+        f"/recommendations/{urllib.parse.quote(user_id, safe='')}?{query}"
+    )
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return json.loads(response.read(1 << 20))
+    except urllib.error.HTTPError as exc:
+        try:
+            return json.loads(exc.read(1 << 20))
+        except ValueError:
+            raise RecstreamError(f"scorer HTTP view: {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise NoAnswer(f"the scorer's HTTP view at {url} does not answer: {exc}") from None

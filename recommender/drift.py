@@ -1,9 +1,10 @@
 """Concept and data drift of the served model, from what the scorer sees (DESIGN flow 6).
 
-Concept drift: a served recommendation is resolved by the user's next purchase within
-DRIFT_HORIZON_S (a hit if that product was in the list, a miss otherwise; no purchase in
-time means no signal). The outcomes of one model version form an online hit rate; a
-Page-Hinkley test on them detects a fall. Data drift: the products bought in a recent
+Concept drift: a served recommendation is resolved by the user's next purchase of a product
+new to them within DRIFT_HORIZON_S (a hit if that product was in the list, a miss otherwise;
+no such purchase in time means no signal), as the offline holdout judges a model. The
+outcomes of one model version form an online hit rate; a Page-Hinkley test on them detects
+a fall. Data drift: the products bought in a recent
 window against the served version's training reference (metadata.json "reference"):
 the PSI of item popularity, binned by the reference's popularity so that sampling noise
 stays small, and the shares of unknown products (not in the reference) and of requests
@@ -218,10 +219,14 @@ class DriftMonitor:
         while len(self.pending) > self.config.max_pending_users:
             self.pending.popitem(last=False)
 
-    def purchased(self, user_id: str, item_id: str, now: float) -> None:
-        """A purchase resolves the user's open recommendations (and enters the data window)."""
+    def purchased(self, user_id: str, item_id: str, now: float, *, repeat: bool = False) -> None:
+        """A purchase of a product new to the user resolves their open recommendations, as the offline
+        protocol judges a model (a repeat purchase is no signal: answers leave out what was bought);
+        every purchase enters the data window."""
         self.purchases.append(item_id)
         self.window_start.append(now)
+        if repeat:
+            return
         queue = self.pending.pop(user_id, None) or []
         later = [entry for entry in queue if entry.served_at > now]  # served after this purchase
         if later:

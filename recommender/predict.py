@@ -8,14 +8,18 @@ yet reconciled) falls back to the label. Codes that mean "try again later" are
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 import numpy as np
 
 from recommender.answers import Ranked
+from stream.signatures import RECOMMEND, RECOMMEND_HISTORY
+from stream.signatures import STABLE_LABEL as STABLE
 
-STABLE = "stable"
+log = logging.getLogger(__name__)
 RETRYABLE = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -43,41 +47,74 @@ class Predictor:
 
         self.endpoint, self.model, self.timeout_s = endpoint, model, timeout_s
         self.version: int | None = None  # None: the `stable` label
+        self.without_history: set[int | None] = set()  # versions (None: the label) lacking the signature
         self._channel = grpc.aio.insecure_channel(endpoint)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
 
-    async def recommend(self, users: Sequence[str], k: int) -> Ranked:
+    async def recommend(
+        self,
+        users: Sequence[str],
+        k: int,
+        histories: Sequence[Sequence[str]] | None = None,
+        *,
+        fallback_k: int | None = None,
+    ) -> Ranked:
+        """Top k per user, from their live `histories` (most recent first) when the served version has
+        `recommend_history`; otherwise `serving_default` with `fallback_k` (default k)."""
         version = self.version
+        if histories is not None and version not in self.without_history:
+            try:
+                return await self._predict(self._request(users, k, version, histories), len(users), version)
+            except PredictFailed as exc:
+                if exc.code != grpc.StatusCode.FAILED_PRECONDITION:  # TF Serving's "no such signature"
+                    raise
+                log.info(
+                    "version %s has no %s: answering with %s", version or STABLE, RECOMMEND_HISTORY, RECOMMEND
+                )
+                self.without_history.add(version)
+        return await self._predict(self._request(users, fallback_k or k, version), len(users), version)
+
+    async def _predict(self, request: Any, n: int, version: int | None) -> Ranked:
         try:
-            response = await self._stub.Predict(self._request(users, k, version), timeout=self.timeout_s)
+            response = await self._stub.Predict(request, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.NOT_FOUND and version is not None and self.version == version:
                 self.version = None  # that version is gone: follow the label until the next event
             kind = Retryable if code in RETRYABLE else PredictFailed
             raise kind(code, exc.details() or "") from None
-        return _ranked(response, len(users))
+        return _ranked(response, n)
 
-    def _request(self, users: Sequence[str], k: int, version: int | None):
+    def _request(
+        self,
+        users: Sequence[str],
+        k: int,
+        version: int | None,
+        histories: Sequence[Sequence[str]] | None = None,
+    ) -> Any:
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.model
-        request.model_spec.signature_name = "serving_default"
+        request.model_spec.signature_name = RECOMMEND if histories is None else RECOMMEND_HISTORY
         if version is None:
             request.model_spec.version_label = STABLE
         else:
             request.model_spec.version.value = version
         request.inputs["user_id"].CopyFrom(tf.make_tensor_proto(list(users), dtype=tf.string))
         request.inputs["k"].CopyFrom(tf.make_tensor_proto(k, dtype=tf.int32))
+        if histories is not None:
+            width = max(1, max(len(history) for history in histories))
+            padded = [list(history) + [""] * (width - len(history)) for history in histories]
+            request.inputs["history"].CopyFrom(tf.make_tensor_proto(padded, dtype=tf.string))
         return request
 
 
-def _ranked(response, n: int) -> Ranked:
+def _ranked(response: Any, n: int) -> Ranked:
     import tensorflow as tf
 
     outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}

@@ -1,16 +1,18 @@
-"""`recstream scorer`: the Faust worker answering `recommendation-requests` (DESIGN flows 5 and 6).
+"""`recstream scorer`: the worker answering recommendation requests (DESIGN flows 5 and 6).
 
-Agents:
-- `purchases` consumes `transactions` into the `bought` table (user -> their latest
-  SCORER_HISTORY_ITEMS products, changelogged, so a restarted scorer still knows them)
-  and feeds the drift monitor;
-- `requests` takes micro-batches (SCORER_BATCH_SIZE, SCORER_BATCH_WAIT_S) into one
-  Predict each and answers on `recommendations`; an invalid request gets an error record.
-  While the model server is unavailable the batch is retried with backoff and nothing
-  further is consumed; a request still unanswered SCORER_DEADLINE_S after it was produced
-  gets an error record instead. Offsets are committed after the answers are flushed, so
-  every request is answered at least once (exactly once unless the worker dies between
-  the two; a client keys its wait on request_id).
+- The `purchases` Faust agent consumes `transactions` into the `bought` table (user -> their
+  latest SCORER_HISTORY_ITEMS products, changelogged, so a restarted scorer still knows them)
+  and feeds the drift monitor.
+- Requests do not go through Faust's fetcher: `recommender.request_path` consumes them with
+  its own consumer (its own short fetch wait, possibly on a faster broker), on the same
+  partitions as this worker's share of `transactions`, so a backlog of purchases, a changelog
+  recovery or a retrain beside it never queues a request behind them. Each fetched batch is
+  one Predict with each user's live history (`recommend_history`; versions without it get
+  `serving_default`); answers go to `recommendations`, an invalid request gets an error
+  record. While the model server is unavailable the batch is retried with backoff; a request
+  still unanswered SCORER_DEADLINE_S after it was produced gets an error record instead.
+- The HTTP view `GET /recommendations/<user_id>?k=N` answers one user with the same record,
+  routed by Faust (`table_route`) to the worker that owns the user's table partition.
 A task follows `model-updates` (no consumer group: every scorer sees every event) to call
 the version of the latest `activated` / `rolled_back`; a timer checks drift and publishes
 to `drift-alerts`.
@@ -22,8 +24,11 @@ several scorer workers, a request then lands on the worker holding that user's p
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -31,6 +36,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from recommender import answers as records
 from recommender.drift import DriftConfig, DriftMonitor, Reference
 from recommender.predict import PredictFailed, Predictor, Retryable
+from recommender.request_path import RequestPath
 from stream.faust_app import create_app
 from stream.model_events import parse_model_event
 from stream.schemas import MAX_K, InvalidMessage, RecommendationRequest, parse_request, parse_transaction
@@ -60,15 +66,25 @@ OUTCOMES = Gauge("recstream_drift_outcomes", "Resolved recommendations", ["versi
 STATISTIC = Gauge("recstream_drift_statistic", "Last value of each drift statistic", ["statistic"])
 ALERTS = Counter("recstream_drift_alerts_total", "Drift alerts published", ["kind", "statistic"])
 
+Answer = tuple[str, dict[str, object]]  # (key: the user id, or the request id of an invalid one; record)
+
 
 class Scorer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.app = create_app("scorer", settings)
+        advertised = settings.scorer_http_advertised_host or settings.scorer_http_host
+        self.app = create_app(
+            "scorer",
+            settings,
+            fetch_max_wait_ms=settings.scorer_fetch_max_wait_ms,
+            web_enabled=True,
+            web_bind=settings.scorer_http_host,
+            web_port=settings.scorer_http_port,
+            # Where other workers route a user's HTTP request that this worker owns.
+            canonical_url=f"http://{advertised}:{settings.scorer_http_port}",
+        )
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.requests = self.app.topic(settings.requests_topic, **raw)
         self.transactions = self.app.topic(settings.transactions_topic, **raw)
-        self.answers = self.app.topic(settings.recommendations_topic, **raw)
         self.alerts = self.app.topic(settings.drift_alerts_topic, **raw)
         # Keys are user_id bytes (the app's raw key serializer), values JSON lists of item ids.
         self.bought = self.app.Table("bought", default=list, partitions=settings.topic_partitions)
@@ -76,10 +92,14 @@ class Scorer:
         self.predictor: Predictor | None = None
         self.references: dict[int, Reference | None] = {}
         self.fetching: dict[int, asyncio.Task[None]] = {}  # reference downloads in flight
+        self.request_path = RequestPath(settings, self._owned_partitions, self.serve)
         self.app.agent(self.transactions, name="purchases")(self._purchases)
-        self.app.agent(self.requests, name="requests")(self._requests)
+        self.app.task(self.request_path.run)
         self.app.task(self._follow_model_updates)
         self.app.timer(interval=settings.drift_check_s)(self._check_drift)
+        self.app.page("/recommendations/{user_id}")(
+            self.app.table_route(table=self.bought, match_info="user_id")(self._http_view)
+        )
 
     # -- purchases -------------------------------------------------------------------------------
 
@@ -93,60 +113,86 @@ class Scorer:
                 PURCHASES.labels("invalid").inc()  # the ingest worker dead-letters it
                 continue
             key = purchase.user_id.encode()
-            history = [item for item in self.bought[key] if item != purchase.item_id]
+            before = self.bought[key]
+            history = [item for item in before if item != purchase.item_id]
+            repeat = len(history) < len(before)
             history.append(purchase.item_id)
             self.bought[key] = history[-limit:]
-            self.monitor.purchased(purchase.user_id, purchase.item_id, message.timestamp)
+            self.monitor.purchased(purchase.user_id, purchase.item_id, message.timestamp, repeat=repeat)
             PURCHASES.labels("valid").inc()
+
+    def history(self, user_id: str) -> list[str]:
+        """The user's purchases the scorer has seen, most recent first."""
+        return self.bought[user_id.encode()][::-1]
+
+    def _owned_partitions(self) -> set[int]:
+        """The partitions of `transactions` this worker holds: its requests are on the same ones."""
+        topic = self.settings.transactions_topic
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
 
     # -- requests --------------------------------------------------------------------------------
 
-    async def _requests(self, stream: Any) -> None:
-        async for events in stream.take_events(
-            self.settings.scorer_batch_size, within=self.settings.scorer_batch_wait_s
-        ):
-            await self._serve(events)
-
-    async def _serve(self, events: list[Any]) -> None:
-        out: list[tuple[str, dict[str, object]]] = []
+    async def serve(self, messages: Sequence[tuple[bytes | None, float]]) -> list[Answer]:
+        """Answer a batch of raw requests (value, produced at); every request gets one record."""
+        out: list[Answer] = []
         pending: list[tuple[RecommendationRequest, float]] = []
-        for event in events:
+        for value, produced in messages:
             try:
-                request = parse_request(event.message.value)
+                request = parse_request(value)
             except InvalidMessage as exc:
                 REQUESTS.labels("invalid").inc()
                 out.append(
                     (exc.request_id or "", records.error(exc.request_id, f"invalid request: {exc.reason}"))
                 )
             else:
-                pending.append((request, event.message.timestamp))
+                pending.append((request, produced))
         try:
             if pending:
                 out.extend(await self._recommend(pending))
-        except Exception as exc:  # a bug must not drop the batch: take_events acks it regardless
+        except Exception:  # a bug must not drop the batch: its offsets are committed regardless
             log.exception("answering a batch failed")
             answered = {record.get("request_id") for _, record in out}
             for request, _ in pending:
                 if request.request_id not in answered:
                     REQUESTS.labels("error").inc()
-                    out.append((request.user_id, records.error(request.request_id, f"scorer failure: {exc}")))
-        for key, record in out:
-            await self.answers.send(key=key.encode(), value=records.encode(record))
+                    out.append((request.user_id, records.error(request.request_id, "scorer failure")))
+        return out
 
-    async def _recommend(
-        self, pending: list[tuple[RecommendationRequest, float]]
-    ) -> list[tuple[str, dict[str, object]]]:
+    async def _http_view(self, web: Any, request: Any, user_id: str) -> Any:
+        """GET /recommendations/<user_id>?k=N: the answer record as JSON (400 for a bad request)."""
+        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        fields: dict[str, object] = {"request_id": request_id, "user_id": user_id}
+        if "k" in request.query:
+            k = request.query["k"]
+            fields["k"] = int(k) if k.isdigit() and len(k) <= 6 else k  # anything else is refused as k
+        try:
+            parsed = parse_request(json.dumps(fields).encode())
+        except InvalidMessage as exc:
+            REQUESTS.labels("invalid").inc()
+            return web.json(records.error(request_id, f"invalid request: {exc.reason}"), status=400)
+        ((_, record),) = await self._recommend([(parsed, time.time())])
+        return web.json(record, status=200 if "error" not in record else 503)
+
+    async def _recommend(self, pending: list[tuple[RecommendationRequest, float]]) -> list[Answer]:
         """Answers for valid requests: retried while the model server is unavailable, then errors."""
         predictor = self._predictor()
-        out: list[tuple[str, dict[str, object]]] = []
+        out: list[Answer] = []
         delay = 0.1
         while pending:
             requests = [request for request, _ in pending]
-            bought = [self.bought[request.user_id.encode()] for request in requests]
-            k = min(records.model_k(requests, bought), MAX_K + self.settings.scorer_history_items)
+            histories = [self.history(request.user_id) for request in requests]
             started = time.perf_counter()
             try:
-                ranked = await predictor.recommend([r.user_id for r in requests], k)
+                ranked = await predictor.recommend(
+                    [r.user_id for r in requests],
+                    max(request.k for request in requests),
+                    histories if self.settings.scorer_live_history else None,
+                    # Without the history signature the model cannot leave out what the user bought
+                    # since training: ask for enough to keep k after the scorer filters it.
+                    fallback_k=min(
+                        records.model_k(requests, histories), MAX_K + self.settings.scorer_history_items
+                    ),
+                )
             except Retryable as exc:
                 RETRIES.inc()
                 now = time.time()
@@ -174,7 +220,7 @@ class Scorer:
             BATCH.observe(len(requests))
             now = time.time()
             latencies = [(now - ts) * 1000 for _, ts in pending]
-            answered = records.answers(requests, ranked, bought, latencies)
+            answered = records.answers(requests, ranked, histories, latencies)
             # The drift join compares record timestamps: the request's here, the purchase's there.
             for record, (request, ts), latency in zip(answered, pending, latencies, strict=True):
                 out.append((request.user_id, record))
@@ -196,6 +242,7 @@ class Scorer:
         consumer = AIOKafkaConsumer(
             self.settings.model_updates_topic,
             bootstrap_servers=self.settings.require("kafka_bootstrap"),
+            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,  # a control topic
             group_id=None,
             auto_offset_reset="earliest",
             enable_auto_commit=False,

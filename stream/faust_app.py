@@ -14,15 +14,22 @@ if TYPE_CHECKING:
     import faust
 
 
-def create_app(name: str, settings: Settings, **overrides: Any) -> faust.App:
-    """A Faust app `recstream-<name>` on the configured broker; keyword overrides win."""
+def create_app(
+    name: str, settings: Settings, *, fetch_max_wait_ms: int | None = None, **overrides: Any
+) -> faust.App:
+    """A Faust app `recstream-<name>` on the configured broker; keyword overrides win.
+
+    The broker URLs use the `recstream://` transport (stream.faust_transport): Faust's aiokafka
+    driver with a fetch wait (default KAFKA_FETCH_MAX_WAIT_MS) instead of its hard-coded 1500 ms."""
     import faust  # imported here: Faust pulls in a lot, and most commands never need it
+
+    from stream.faust_transport import SCHEME
 
     bootstrap = settings.require("kafka_bootstrap")
     datadir = settings.home / "faust" / name
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     options: dict[str, Any] = {
-        "broker": [f"kafka://{server}" for server in bootstrap.split(",")],
+        "broker": [f"{SCHEME}://{server}" for server in bootstrap.split(",")],
         "store": "memory://",
         "datadir": str(datadir),
         "broker_session_timeout": settings.broker_session_timeout_s,
@@ -36,7 +43,10 @@ def create_app(name: str, settings: Settings, **overrides: Any) -> faust.App:
         "web_enabled": False,
     }
     options.update(overrides)
-    return faust.App(f"recstream-{name}", **options)
+    app = faust.App(f"recstream-{name}", **options)
+    # Read by stream.faust_transport when the worker's consumer is built.
+    app.fetch_max_wait_ms = fetch_max_wait_ms or settings.kafka_fetch_max_wait_ms
+    return app
 
 
 def run_worker(app: faust.App, settings: Settings) -> None:

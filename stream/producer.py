@@ -32,8 +32,15 @@ class DeliveryError(RecstreamError):
 
 
 class EventProducer:
-    def __init__(self, settings: Settings, *, client_id: str = "recstream-producer") -> None:
-        self.bootstrap = settings.require("kafka_bootstrap")
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client_id: str = "recstream-producer",
+        bootstrap: str | None = None,
+        linger_ms: int | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap or settings.require("kafka_bootstrap")
         self.timeout_s = settings.producer_timeout_s
         self.transactions_topic = settings.transactions_topic
         try:
@@ -43,7 +50,7 @@ class EventProducer:
                 acks="all",
                 max_in_flight_requests_per_connection=1,
                 retries=5,
-                linger_ms=settings.producer_linger_ms,
+                linger_ms=settings.producer_linger_ms if linger_ms is None else linger_ms,
                 max_block_ms=int(self.timeout_s * 1000),
                 request_timeout_ms=int(self.timeout_s * 1000),
             )

@@ -47,9 +47,23 @@ def existing_topics(bootstrap: str) -> set[str]:
 
 
 def ensure_topics(settings: Settings) -> list[str]:
-    """Create the missing topics with the configured partition counts; returns the ones created."""
-    bootstrap = settings.require("kafka_bootstrap")
+    """Create the missing topics with the configured partition counts; returns the ones created.
+
+    The request and answer topics go to REQUESTS_KAFKA_BOOTSTRAP when that is another broker."""
+    main = settings.require("kafka_bootstrap")
     wanted = settings.topics()
+    placed: dict[str, dict[str, int]] = {main: dict(wanted)}
+    requests = settings.requests_kafka_bootstrap
+    if requests != main:
+        ephemeral = (settings.requests_topic, settings.recommendations_topic)
+        placed[requests] = {name: placed[main].pop(name) for name in ephemeral}
+    created = []
+    for bootstrap, topics in placed.items():
+        created += _create_missing(bootstrap, topics)
+    return created
+
+
+def _create_missing(bootstrap: str, wanted: dict[str, int]) -> list[str]:
     missing = [name for name in wanted if name not in existing_topics(bootstrap)]
     if not missing:
         return []
@@ -62,7 +76,7 @@ def ensure_topics(settings: Settings) -> list[str]:
             except TopicAlreadyExistsError:
                 continue
             created.append(name)
-            log.info("created topic %s (%d partitions)", name, wanted[name])
+            log.info("created topic %s (%d partitions) on %s", name, wanted[name], bootstrap)
     finally:
         admin.close()
     return created

@@ -38,6 +38,7 @@ class Worker:
             "INGEST_FLUSH_S": "2",
             "INGEST_METRICS_PORT": "0",
             "SCORER_METRICS_PORT": "0",
+            "SCORER_HTTP_PORT": "0",
             "LOG_LEVEL": "INFO",
             **extra_env,
         }

@@ -13,14 +13,16 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from stream.signatures import RECOMMEND, RECOMMEND_HISTORY, SCORE
 from updater.errors import SwapFailed, one_line
 
-RECOMMEND, SCORE = "serving_default", "score"
 # dtype names of tf.DType.name; rank None means "any".
 RECOMMEND_INPUTS = {"user_id": ("string", 1), "k": ("int32", 0)}
+HISTORY_INPUTS = {"user_id": ("string", 1), "history": ("string", 2), "k": ("int32", 0)}
 RECOMMEND_OUTPUTS = {"items": ("string", 2), "scores": ("float32", 2), "model_version": ("int64", None)}
 OPTIONAL_OUTPUTS = {"fallback": ("bool", 1)}  # our models' extra output; the scorer does without it
 SCORE_INPUTS = ("users", "products")
@@ -71,7 +73,29 @@ def check(path: Path, version: int) -> dict[str, Any]:
     scores = scored["scores"].numpy()
     if scores.shape != (n,) or not all(math.isfinite(float(s)) for s in scores):
         raise Invalid(f"score: expected {n} finite scores, got shape {scores.shape} {scores.tolist()[:4]}")
+    if RECOMMEND_HISTORY in loaded.signatures:  # optional: versions exported before it lack it
+        _check_history(loaded.signatures[RECOMMEND_HISTORY], version)
     return {"load_s": round(load_s, 3), "smoke_users": n}
+
+
+def _check_history(signature: Any, version: int) -> None:
+    import tensorflow as tf
+
+    _check_specs(RECOMMEND_HISTORY, "input", _inputs(signature), HISTORY_INPUTS)
+    _check_specs(
+        RECOMMEND_HISTORY, "output", signature.structured_outputs, RECOMMEND_OUTPUTS, OPTIONAL_OUTPUTS
+    )
+    n = len(SMOKE_USERS)
+    history = [[user, "", "recstream-unknown-item"] for user in SMOKE_USERS]  # any strings: unknown ignored
+    try:
+        out = signature(
+            user_id=tf.constant(SMOKE_USERS), history=tf.constant(history), k=tf.constant(SMOKE_K, tf.int32)
+        )
+    except Exception as exc:
+        raise Invalid(f"{RECOMMEND_HISTORY} smoke call failed: {type(exc).__name__}: {exc}") from None
+    check_recommendations(
+        {name: value.numpy() for name, value in out.items()}, version, n, SMOKE_K, what=RECOMMEND_HISTORY
+    )
 
 
 def check_recommendations(outputs: dict[str, Any], version: int, n: int, k: int, *, what: str) -> None:
@@ -140,9 +164,45 @@ def _values(dtype: Any, n: int, name: str) -> list[Any]:
 
 
 # -- the child process ----------------------------------------------------------------------------
+# What the child may inherit: it reads a local directory, so no endpoint or credential (MINIO_*,
+# AWS_*, KAFKA_*, tokens) is passed; only the non-secret runtime variables Python, TensorFlow,
+# the dynamic loader, the math libraries and the locale need (a TensorFlow whose libraries are
+# found through LD_LIBRARY_PATH must still load).
+_CHILD_NAMES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "TEMP", "TMP", "LANG", "LANGUAGE", "TZ", "VIRTUAL_ENV"}
+    | {"LD_LIBRARY_PATH", "LD_PRELOAD", "GLIBC_TUNABLES", "XDG_CACHE_HOME", "CONDA_PREFIX"}
+)
+_CHILD_PREFIXES = ("LC_", "PYTHON", "TF_", "OMP_", "KMP_", "MKL_", "OPENBLAS_", "ONEDNN_", "DNNL_", "MALLOC_")
+# Never passed even under an allowed prefix: the model server's endpoints, Terraform's variables
+# (TF_VAR_*, often secrets), and any name that says it holds a secret.
+_CHILD_EXCLUDED_PREFIXES = ("TF_SERVING", "TF_VAR_")
+_SECRET_MARKERS = (
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "TOKEN",
+    "CREDENTIAL",
+    "ACCESS_KEY",
+    "PRIVATE_KEY",
+    "API_KEY",
+)
+
+
+def child_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The validation child's environment: an allow-list, never the parent's secrets."""
+    env = {
+        name: value
+        for name, value in environ.items()
+        if (name in _CHILD_NAMES or name.startswith(_CHILD_PREFIXES))
+        and not name.startswith(_CHILD_EXCLUDED_PREFIXES)
+        and not any(marker in name.upper() for marker in _SECRET_MARKERS)
+    }
+    return env | {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+
+
 def validate(path: Path, version: int, timeout_s: float = 180.0) -> dict[str, Any]:
     """`check()` in a child process; raises Invalid with the child's reason (or how it died)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    env = child_env(os.environ)
     argv = [sys.executable, "-m", "updater.validate", str(path), str(version)]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)

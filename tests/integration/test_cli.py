@@ -116,7 +116,7 @@ def test_up_status_down_through_the_cli(tmp_path: Path) -> None:
     try:
         up = run(["up", "--infra"], home, **env)
         assert up.returncode == 0, up.stderr
-        assert all(part in up.stdout for part in ("objectstore", "broker", "modelserver"))
+        assert all(part in up.stdout for part in ("objectstore", "broker", "request-broker", "modelserver"))
         status = run(["status", "--json"], home, **env)
         assert status.returncode == 0, status.stderr
         parts = {p["name"]: p for p in json.loads(status.stdout)["parts"]}
@@ -125,10 +125,10 @@ def test_up_status_down_through_the_cli(tmp_path: Path) -> None:
         assert again.returncode == 0 and all(f"pid {p['pid']}" in again.stdout for p in parts.values())
     finally:
         down = run(["down"], home)
-    assert down.returncode == 0 and "stopped: modelserver, broker, objectstore" in down.stdout
+    assert down.returncode == 0 and "stopped: modelserver, request-broker, broker, objectstore" in down.stdout
     assert not any(pid_alive(p["pid"]) for p in parts.values())
     after = run(["status"], home)
-    assert after.returncode == 1 and after.stdout.count("not running") == 3
+    assert after.returncode == 1 and after.stdout.count("not running") == 4
 
 
 def test_up_misuse_and_bad_log_level_are_one_line(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from deploy.processes import StackError, pid_alive
 from deploy.stack import Stack
 from stream.net import split_hostport
 from stream.settings import Settings, load_settings, read_env_file
+from stream.topics import existing_topics
 
 pytestmark = pytest.mark.integration
 
@@ -27,11 +28,25 @@ def test_up_reuses_a_running_stack_and_down_leaves_no_process(tmp_path) -> None:
         assert env["KAFKA_BOOTSTRAP"] == settings.kafka_bootstrap == first["broker"].endpoint
         assert env["MINIO_ENDPOINT"] == settings.minio_endpoint == first["objectstore"].endpoint
         assert env["TF_SERVING_GRPC"] == settings.tf_serving_grpc == first["modelserver"].endpoint
+        # Requests and answers have a broker of their own (memory engine); everything else the main one.
+        requests = env["REQUESTS_KAFKA_BOOTSTRAP"]
+        assert requests == settings.requests_kafka_bootstrap == first["request-broker"].endpoint
+        assert requests != settings.kafka_bootstrap
+        ephemeral = {settings.requests_topic, settings.recommendations_topic}
+        assert ephemeral <= existing_topics(requests)
+        assert not ephemeral & existing_topics(settings.kafka_bootstrap)
+        assert settings.transactions_topic in existing_topics(settings.kafka_bootstrap)
         assert rest_healthy(env["TF_SERVING_REST"], settings.model_name)
         # The model server starts on an empty config file that the updater will fill.
         assert settings.model_config_file.read_text().strip() == "model_config_list {}"
         assert {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_SECURE", "MODEL_BASE_PATH"} <= set(env)
-        for name in "KAFKA_BOOTSTRAP", "MINIO_ENDPOINT", "TF_SERVING_GRPC", "TF_SERVING_REST":
+        for name in (
+            "KAFKA_BOOTSTRAP",
+            "REQUESTS_KAFKA_BOOTSTRAP",
+            "MINIO_ENDPOINT",
+            "TF_SERVING_GRPC",
+            "TF_SERVING_REST",
+        ):
             assert split_hostport(env[name])[0] == "127.0.0.1"
 
         _stack(tmp_path).up()  # a second `up` from another process's point of view
@@ -40,7 +55,7 @@ def test_up_reuses_a_running_stack_and_down_leaves_no_process(tmp_path) -> None:
         assert {n: p.pid for n, p in second.items()} == {n: p.pid for n, p in first.items()}
     finally:
         stopped = stack.down()
-    assert sorted(stopped) == ["broker", "modelserver", "objectstore"]
+    assert sorted(stopped) == ["broker", "modelserver", "objectstore", "request-broker"]
     assert not any(pid_alive(p.pid) for p in first.values())
     assert not (tmp_path / "stack.env").exists()
     assert all(not p.healthy and p.pid is None for p in stack.status())
@@ -61,11 +76,16 @@ def test_configured_endpoint_replaces_and_stops_an_embedded_part(tmp_path, setti
     own = _stack(tmp_path)
     try:
         own.up()
-        embedded = {p.name: p for p in own.status()}["broker"]
+        parts = {p.name: p for p in own.status()}
         # The same home, now configured to use the session's broker instead of its own.
         _stack(tmp_path, KAFKA_BOOTSTRAP=settings.kafka_bootstrap).up()
-        assert not pid_alive(embedded.pid), "the replaced embedded broker must be stopped, not orphaned"
-        assert read_env_file(tmp_path / "stack.env")["KAFKA_BOOTSTRAP"] == settings.kafka_bootstrap
+        assert not pid_alive(parts["broker"].pid), (
+            "the replaced embedded broker must be stopped, not orphaned"
+        )
+        # With a configured Kafka, requests live there too: the embedded request broker goes.
+        assert not pid_alive(parts["request-broker"].pid)
+        env = read_env_file(tmp_path / "stack.env")
+        assert env["KAFKA_BOOTSTRAP"] == settings.kafka_bootstrap and "REQUESTS_KAFKA_BOOTSTRAP" not in env
     finally:
         own.down()
     assert all(p.pid is None for p in own.status())
