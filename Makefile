@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SEED := ../shared/data/transactions.csv
 
-.PHONY: bootstrap run test lint bench down clean
+.PHONY: bootstrap browser run test lint bench down clean
 
 bootstrap: $(STAMP)
 
@@ -16,12 +16,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# Headless Chromium (Debian's package, ~30 s to install) for the test that opens `recstream report`'s
+# page as a person would (tests/e2e/test_demo_loop.py). Not fatal here: `make run` does not need it.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+		|| echo "warning: chromium could not be installed (apt-get install chromium); the report's browser test needs it"
+
 # The main job on the embedded stack: every service, the seed replayed, the loop shown live
 # (Ctrl-C stops it all; `make run ARGS="--for 300"` stops by itself and writes a summary).
 run: bootstrap
 	$(BIN)/recstream up --demo --seed $(SEED) $(ARGS)
 
-test: bootstrap
+test: bootstrap browser
 	$(BIN)/python -m pytest
 
 lint: bootstrap

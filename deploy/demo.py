@@ -2,8 +2,11 @@
 
 The seed's purchases are sent in file order at a steady rate. Once a model version is
 active, a customer whose earlier purchases are all sent is asked for recommendations about
-`lead_s` before their next one, so the answer can be judged by what they buy next: the
-demo's own hit rate (the scorer's online hit rate judges it the same way). A live view (rich)
+`lead_s` before their next one, so the answer can be judged by what they buy next when that
+product is new to them, as the offline holdout judges a model (answers leave out what a
+customer bought, so a repeat purchase is no signal): the demo's own hit rate (the scorer's
+online hit rate judges it the same way). The summary puts it beside the active version's
+offline HR@10. A live view (rich)
 shows what `recstream status` shows, refreshed; `--for` ends the demo and writes
 `$RECSTREAM_HOME/demo-summary.json`.
 """
@@ -36,6 +39,7 @@ class DemoCounts:
     requests_sent: int = 0
     recommendations_served: int = 0  # answers with items
     errors: int = 0
+    judged: int = 0  # answers followed by a purchase of a product new to the customer
     hits: int = 0
 
 
@@ -44,17 +48,22 @@ class Demo:
         self.settings, self.seed, self.rate = settings, seed, rate
         self.lead = max(int(rate * lead_s), 1)  # purchases between a request and the one it is judged by
         self.counts = DemoCounts()
-        self.expected: dict[str, str] = {}  # request_id -> the product the customer buys next
+        # request_id -> the product the customer buys next, None when they bought it before (no signal)
+        self.expected: dict[str, str | None] = {}
+        self.bought: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
         self.threads: list[threading.Thread] = []
         self.failure: str | None = None
         self.sent_users: set[str] = set()
         self.client: Any = None
+        self.producer: Any = None  # purchases go to the main broker; requests may have their own
         self.asking = threading.Event()  # set once a version is active: before that, answers are errors
 
     def start(self, stop: threading.Event) -> None:
         from recommender.client import RecommendationClient
+        from stream.producer import EventProducer
 
         self.client = RecommendationClient(self.settings)
+        self.producer = EventProducer(self.settings, client_id="recstream-demo")
         for target in (self._replay, self._answers):
             thread = threading.Thread(target=self._guarded, args=(target, stop), daemon=True)
             thread.start()
@@ -65,6 +74,8 @@ class Demo:
             thread.join(timeout=10)
         if self.client is not None:
             self.client.close()
+        if self.producer is not None:
+            self.producer.close()
 
     def _guarded(self, target: Any, stop: threading.Event) -> None:
         try:
@@ -86,16 +97,18 @@ class Demo:
             # the next the scorer sees from them: the one the answer is judged by.
             if event.user_id in self.sent_users and not queued[event.user_id] and self.asking.is_set():
                 request_id = uuid.uuid4().hex
-                self.expected[request_id] = event.item_id
+                new = event.item_id not in self.bought[event.user_id]
+                self.expected[request_id] = event.item_id if new else None
                 self.client.send(event.user_id, k=10, request_id=request_id)
                 self.counts.requests_sent += 1
             queued[event.user_id] += 1
+            self.bought[event.user_id].add(event.item_id)
             ahead.append(event)
             if len(ahead) > self.lead:
                 self._send(ahead.popleft(), started, queued)
         while ahead and not stop.is_set():
             self._send(ahead.popleft(), started, queued)
-        self.client.producer.flush()
+        self.producer.flush()
         log.info("demo: the seed is replayed (%d events)", self.counts.events_produced)
 
     def _send(self, event: Transaction, started: float, queued: collections.Counter[str]) -> None:
@@ -103,7 +116,7 @@ class Demo:
         if (wait := due - time.monotonic()) > 0:
             time.sleep(wait)
         # A fresh timestamp: the seed has none, and the drift tracker joins on arrival time.
-        self.client.producer.send_transaction(
+        self.producer.send_transaction(
             Transaction(event.event_id, event.user_id, event.item_id, 1, time.time())
         )
         self.counts.events_produced += 1
@@ -118,11 +131,13 @@ class Demo:
                     self.counts.errors += 1
                     continue
                 self.counts.recommendations_served += 1
-                self.counts.hits += expected in answer["items"]
+                if expected is not None:
+                    self.counts.judged += 1
+                    self.counts.hits += expected in answer["items"]
 
     def hit_rate(self) -> float | None:
-        served = self.counts.recommendations_served
-        return round(self.counts.hits / served, 4) if served else None
+        judged = self.counts.judged
+        return round(self.counts.hits / judged, 4) if judged else None
 
 
 def summary(demo: Demo, snap: observe.Snapshot, seconds: float) -> dict[str, Any]:
@@ -133,6 +148,9 @@ def summary(demo: Demo, snap: observe.Snapshot, seconds: float) -> dict[str, Any
         "versions_activated": snap.versions_activated,
         "recommendations_served": demo.counts.recommendations_served,
         "hit_rate": demo.hit_rate(),
+        "answers_judged": demo.counts.judged,
+        "online_hit_rate_by_version": {v: round(rate, 4) for v, rate in sorted(snap.hit_rate.items())},
+        "active_version_offline_hr_at_10": (snap.versions.get(str(snap.active_version)) or {}).get("hr@10"),
         "requests_sent": demo.counts.requests_sent,
         "request_errors": demo.counts.errors,
         "drift_alerts": int(snap.drift_alerts),
@@ -144,6 +162,14 @@ def write_summary(settings: Settings, body: dict[str, Any]) -> Path:
     path = settings.home / "demo-summary.json"
     path.write_text(json.dumps(body, indent=1) + "\n")
     return path
+
+
+def write_report(settings: Settings, body: dict[str, Any]) -> Path:
+    """The run's HTML report (deploy/report.py) beside demo-summary.json, the summary in it."""
+    from deploy import report, timeline
+
+    timeline.append_summary(settings.home, body)
+    return report.write_report(settings.home, settings.home / report.REPORT)
 
 
 def render(snap: observe.Snapshot, rates: dict[str, float], demo: Demo | None, elapsed: float) -> Any:
