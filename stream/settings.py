@@ -338,9 +338,6 @@ FIELDS: tuple[Field, ...] = (
         "address other scorer workers reach this one's HTTP view at (default: SCORER_HTTP_HOST)",
     ),
     Field(
-        "SCORER_BATCH_WAIT_S", "scorer_batch_wait_s", positive_float, "0.02", "longest wait to fill a batch"
-    ),
-    Field(
         "SCORER_DEADLINE_S",
         "scorer_deadline_s",
         positive_float,
@@ -485,7 +482,6 @@ class Settings:
     updater_metrics_port: int
     scheduler_metrics_port: int
     scorer_batch_size: int
-    scorer_batch_wait_s: float
     scorer_deadline_s: float
     scorer_predict_timeout_s: float
     scorer_history_items: int

@@ -93,6 +93,20 @@ def _topics(settings: Settings, model: str) -> dict[str, str]:
     }
 
 
+def _publish_and_activate(s: Settings, export: Path, version: int) -> None:
+    """As a retrain and the updater do it: upload, `published`, then validate, stage, load, `activated`."""
+    registry = ModelRegistry(make_client(s), s.models_bucket, s.model_name)
+    registry.upload_version(export, version)
+    with EventProducer(s) as producer:
+        registry.announce(ModelEvent(PUBLISHED, s.model_name, version, {}), producer, s.model_updates_topic)
+        updater = Updater(s, producer=producer)
+        try:
+            event = updater.process(version)
+        finally:
+            updater.close()
+    assert event is not None and event.event == ACTIVATED, event
+
+
 @pytest.fixture(scope="module")
 def scoring(
     settings: Settings, seed_file: Path, tmp_path_factory: pytest.TempPathFactory
@@ -117,16 +131,7 @@ def scoring(
         export = savedmodel.export(
             trained, root / "export-1", 1, {"version": 1, "reference": reference_distributions(train)}, model
         )
-        registry = ModelRegistry(make_client(s), s.models_bucket, model)
-        registry.upload_version(export, 1)
-        with EventProducer(s) as producer:
-            registry.announce(ModelEvent(PUBLISHED, model, 1, {}), producer, s.model_updates_topic)
-            updater = Updater(s, producer=producer)
-            try:
-                event = updater.process(1)
-            finally:
-                updater.close()
-        assert event is not None and event.event == ACTIVATED, event
+        _publish_and_activate(s, export, 1)
 
         port, http_port = free_port(), free_port()
         scorer = Worker(
@@ -396,17 +401,7 @@ def test_a_version_without_the_history_signature_is_served_through_serving_defau
     from saved_models import build_version
 
     s = scoring.settings
-    export = build_version(tmp_path / "v2", 2, model=s.model_name)  # serving_default and score only
-    registry = ModelRegistry(make_client(s), s.models_bucket, s.model_name)
-    registry.upload_version(export, 2)
-    with EventProducer(s) as producer:
-        registry.announce(ModelEvent(PUBLISHED, s.model_name, 2, {}), producer, s.model_updates_topic)
-        updater = Updater(s, producer=producer)
-        try:
-            event = updater.process(2)
-        finally:
-            updater.close()
-    assert event is not None and event.event == ACTIVATED, event
+    _publish_and_activate(s, build_version(tmp_path / "v2", 2, model=s.model_name), 2)  # no history signature
     user = scoring.train.users.ids[40]
     answer, _ = _ask_until(scoring, user, lambda a: a.get("model_version") == 2, timeout_s=60)
     assert answer["items"] == [f"{user}-v2-{j}" for j in range(10)] and answer["fallback"] is False
