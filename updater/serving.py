@@ -30,13 +30,14 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from stream.signatures import PREVIOUS_LABEL, RECOMMEND, STABLE_LABEL
 from updater.errors import SwapFailed, Unavailable, one_line
 from updater.locks import file_lock
 from updater.validate import SMOKE_K, SMOKE_USERS, Invalid, check_recommendations
 
 log = logging.getLogger(__name__)
 
-STABLE, PREVIOUS = "stable", "previous"
+STABLE, PREVIOUS = STABLE_LABEL, PREVIOUS_LABEL  # the labels the scorer and operators follow
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE,)
 STALE_STATE_S = 3.0  # how long an END seen before a reload may still be reported after it
 
@@ -281,7 +282,7 @@ def recommend_request(model: str, *, label: str | None = None, version: int | No
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
-    request.model_spec.signature_name = "serving_default"
+    request.model_spec.signature_name = RECOMMEND
     if label:
         request.model_spec.version_label = label
     elif version is not None:
