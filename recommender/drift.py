@@ -15,6 +15,9 @@ when it falls below half of it; while it stays raised and above the threshold it
 once per repeat interval (as Alertmanager repeats a firing alert), so a drift that the last
 retrain did not cure is retried, and one statistic never fires more than once per cooldown.
 Times are arrival times (record timestamps), so replayed events with old `ts` still join.
+Where a drift started is also given in event time (`from_ts`, the purchases' own `ts`, which is
+what the retrain's data carry): a concept alert's window starts at Page-Hinkley's change point
+(the first outcome after the cumulative sum's last low), a data alert's at its first purchase.
 """
 
 from __future__ import annotations
@@ -65,7 +68,11 @@ class DriftConfig:
 
 
 class PageHinkley:
-    """Page-Hinkley test for a fall of the mean: PH = m - min(m), m = sum(mean - x - delta)."""
+    """Page-Hinkley test for a fall of the mean: PH = m - min(m), m = sum(mean - x - delta).
+
+    `change_at` is the change point's estimate: the tag (`update`'s `at`) of the first
+    observation after m's last low, where the fall the statistic measures began.
+    """
 
     def __init__(self, delta: float, threshold: float) -> None:
         self.delta, self.threshold = delta, threshold
@@ -76,13 +83,17 @@ class PageHinkley:
         self.mean = 0.0
         self.cumulative = 0.0
         self.minimum = 0.0
+        self.change_at: Any = None
 
-    def update(self, x: float) -> float:
-        """Add one observation; returns the statistic (an alarm when above the threshold)."""
+    def update(self, x: float, at: Any = None) -> float:
+        """Add one observation (tagged `at`); returns the statistic (an alarm when above the threshold)."""
         self.n += 1
         self.mean += (x - self.mean) / self.n
         self.cumulative += self.mean - x - self.delta
-        self.minimum = min(self.minimum, self.cumulative)
+        if self.cumulative <= self.minimum:
+            self.minimum, self.change_at = self.cumulative, None
+        elif self.change_at is None:
+            self.change_at = at
         return self.statistic
 
     @property
@@ -183,6 +194,7 @@ class DriftMonitor:
         self.purchases: deque[str] = deque(maxlen=config.window_events)
         self.requests: deque[bool] = deque(maxlen=config.window_events)  # True: answered by fallback
         self.window_start: deque[float] = deque(maxlen=config.window_events)
+        self.window_event_ts: deque[float] = deque(maxlen=config.window_events)
         self.reference: Reference | None = None
         self.expired = 0
         thresholds = {
@@ -206,6 +218,7 @@ class DriftMonitor:
         self.purchases.clear()
         self.requests.clear()
         self.window_start.clear()
+        self.window_event_ts.clear()
 
     def served(self, user_id: str, items: Iterable[str], version: int, fallback: bool, now: float) -> None:
         self.requests.append(fallback)
@@ -219,12 +232,17 @@ class DriftMonitor:
         while len(self.pending) > self.config.max_pending_users:
             self.pending.popitem(last=False)
 
-    def purchased(self, user_id: str, item_id: str, now: float, *, repeat: bool = False) -> None:
+    def purchased(
+        self, user_id: str, item_id: str, now: float, *, repeat: bool = False, event_ts: float | None = None
+    ) -> None:
         """A purchase of a product new to the user resolves their open recommendations, as the offline
         protocol judges a model (a repeat purchase is no signal: answers leave out what was bought);
-        every purchase enters the data window."""
+        every purchase enters the data window. `now` is its arrival time, `event_ts` its own `ts`
+        (default: `now`), which alerts report as where a drift started."""
+        event_ts = now if event_ts is None else event_ts
         self.purchases.append(item_id)
         self.window_start.append(now)
+        self.window_event_ts.append(event_ts)
         if repeat:
             return
         queue = self.pending.pop(user_id, None) or []
@@ -237,15 +255,15 @@ class DriftMonitor:
             if now - entry.served_at > self.config.horizon_s:
                 self.expired += 1
                 continue
-            self._outcome(entry.version, item_id in entry.items)
+            self._outcome(entry.version, item_id in entry.items, (now, event_ts))
 
-    def _outcome(self, version: int, hit: bool) -> None:
+    def _outcome(self, version: int, hit: bool, at: tuple[float, float] | None = None) -> None:
         counts = self.outcomes.setdefault(version, [0, 0])
         counts[0 if hit else 1] += 1
         detector = self.detectors.get(version)
         if detector is None:
             detector = self.detectors[version] = PageHinkley(self.config.ph_delta, self.config.ph_threshold)
-        detector.update(1.0 if hit else 0.0)
+        detector.update(1.0 if hit else 0.0, at)
 
     def hit_rate(self, version: int) -> float | None:
         hits, misses = self.outcomes.get(version, (0, 0))
@@ -267,7 +285,12 @@ class DriftMonitor:
             self.last["page_hinkley_hit_rate"] = value
             if self.alarms["page_hinkley_hit_rate"].check(value, now):
                 hits, misses = self.outcomes[version]
-                window = {"outcomes": hits + misses, "hit_rate": round(hits / (hits + misses), 4)}
+                window: dict[str, Any] = {
+                    "outcomes": hits + misses,
+                    "hit_rate": round(hits / (hits + misses), 4),
+                }
+                if detector.change_at is not None:  # the fall's first outcome (arrival, event time)
+                    window["from"], window["from_ts"] = detector.change_at
                 alerts.append(self._alert("concept", "page_hinkley_hit_rate", value, version, window, now))
                 detector.reset()
         reference = self.reference
@@ -284,6 +307,7 @@ class DriftMonitor:
                 "requests": len(self.requests),
                 "from": self.window_start[0],
                 "to": self.window_start[-1],
+                "from_ts": self.window_event_ts[0],
             }
             for name, value in stats.items():
                 self.last[name] = value

@@ -268,16 +268,21 @@ class Interactions:
         Distinct buyers rather than events, so a few bulk re-buyers do not make an item popular.
         With `recency`, each buyer counts with the weight of their latest purchase of the item
         (scaled so the total stays the number of buyer-item pairs): a product bought by many in
-        a new regime leads the fallback ranking from the first retrain that sees it.
+        a new regime leads the fallback ranking from the first retrain that sees it. Sparse: one
+        key per event (buyer * n_items + item), never a users x items array.
         """
-        if recency is None or not recency.active or self.ts is None or not len(self.items):
-            return self.bought().sum(axis=0).astype(np.float64)
-        owners = np.repeat(np.arange(self.n_users), np.diff(self.indptr))
-        latest = np.full(self.n_users * self.n_items, -np.inf)
-        np.maximum.at(latest, owners * self.n_items + self.items, self.ts)
-        pairs = np.flatnonzero(latest > -np.inf)
-        weights = recency.weights(latest[pairs])
-        return np.bincount(pairs % self.n_items, weights=weights, minlength=self.n_items)
+        if not len(self.items):
+            return np.zeros(self.n_items)
+        owners = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(self.indptr))
+        pairs = owners * self.n_items + self.items
+        if recency is None or not recency.active or self.ts is None:
+            distinct = np.unique(pairs)
+            return np.bincount(distinct % self.n_items, minlength=self.n_items).astype(np.float64)
+        order = np.lexsort((self.ts, pairs))  # by pair, each pair's latest purchase last
+        pairs, ts = pairs[order], self.ts[order]
+        latest = np.append(pairs[1:] != pairs[:-1], True)
+        weights = recency.weights(ts[latest])
+        return np.bincount(pairs[latest] % self.n_items, weights=weights, minlength=self.n_items)
 
 
 def build_interactions(

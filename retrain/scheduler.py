@@ -9,9 +9,14 @@ had landed. A drift run first waits (bounded) until ingest has landed every purc
 before it starts, so the purchases that raised the alert are in its data. A failing run is
 logged and counted; the loop goes on.
 
-Every run after a drift alert is told where the drift started (`drift_from`: the alert window's
-start, see `drift_start`), so it weighs the purchases since then more and is judged on them
-(retrain.job.recency_plan). Alerts of one episode keep its earliest start.
+The drift boost: the runs after a concept alert (the served model's online hit rate fell) are
+told where that drift started (`drift_from`, in event time, see `drift_start`), so they weigh the
+purchases since then more and are judged on them (retrain.job.recency_plan). Alerts of one episode
+keep its earliest start. Data alerts (item popularity PSI, unknown products or customers) retrain
+but do not boost: the traffic moved, which a benign reordering (the seed grouped by customer) also
+does; the weights move only when the model got worse. The boost ends once a version trained with it
+is the active one (checked before each run), or after MAX_BOOSTED_RUNS runs without a new concept
+alert (its versions refused or rolled back), so it does not hold every later run in that episode.
 """
 
 from __future__ import annotations
@@ -50,22 +55,21 @@ ALERTS = Counter("recstream_scheduler_drift_alerts_total", "Drift alerts consume
 LAST_RUN = Gauge("recstream_scheduler_last_run_timestamp_seconds", "End of the last retrain run")
 
 
-# A concept alert's window has no start time (it counts outcomes): the drift is taken to have
-# started this long before the alert.
-CONCEPT_LOOKBACK_S = 600.0
+# Runs boosted by one drift start without a new concept alert, at most (see the module docstring).
+MAX_BOOSTED_RUNS = 3
 
 
-def drift_start(alert: DriftAlert) -> tuple[float, bool]:
-    """When the drift behind `alert` started, and whether the alert says so (measured): its
-    window's `from` (arrival time of the first purchase of a data alert's window), else a guess,
-    CONCEPT_LOOKBACK_S before the alert."""
+def drift_start(alert: DriftAlert) -> float | None:
+    """Where the drift behind a concept alert started, in event time (the `ts` of the purchases the
+    retrain reads): its window's `from_ts`, the first outcome of the fall. None for a data alert
+    (it does not boost) and for a concept alert without one (an older scorer's): an arrival or
+    alert time is no start in event time, where replayed purchases may be years old."""
+    if alert.kind != "concept":
+        return None
     try:  # the window is the alert's free-form part: an int beyond a float must not raise here
-        start = finite_number(alert.window.get("from"), "window.from")
+        return finite_number(alert.window.get("from_ts"), "window.from_ts")
     except InvalidMessage:
-        start = None
-    if start is not None and start <= alert.ts:
-        return start, True
-    return alert.ts - CONCEPT_LOOKBACK_S, False
+        return None
 
 
 class Abandoned(RecstreamError):
@@ -85,9 +89,12 @@ class RetrainScheduler:
         clock: Callable[[], float] = time.monotonic,
         settle: Callable[[], Any] | None = None,
         episode_s: float = 3600.0,
+        boost_served: Callable[[float], bool] | None = None,
     ) -> None:
         self.retrain = retrain
         self.settle = settle  # called before a drift run: wait for the data behind the alert
+        # Whether the active version was trained with this drift start: then the boost has done its job.
+        self.boost_served = boost_served
         self.interval_s = interval_s
         self.cooldown_s = cooldown_s
         self.clock = clock
@@ -98,10 +105,11 @@ class RetrainScheduler:
         self.follow_up = False  # an alert came during the run in progress: run again after it
         self.started = 0.0
         self.runs = 0
-        # Start of the latest drift (epoch seconds) for the runs after it; an alert within
+        # Start (event time) of the latest concept drift, for the runs after it; an alert within
         # `episode_s` of it belongs to the same drift and keeps the earlier start.
         self.drift_from: float | None = None
-        self.drift_measured = False  # drift_from comes from an alert's window, not a guess
+        self.drift_runs = 0  # runs started with drift_from since its last concept alert
+        self.run_drift_from: float | None = None  # what the run in progress was given
         self.episode_s = episode_s
         self._lock = threading.Lock()
         self.scheduler = BackgroundScheduler(timezone=UTC)
@@ -135,7 +143,12 @@ class RetrainScheduler:
         with self._lock:
             self.trigger, self.next_trigger = self.next_trigger, "interval"
             self.running, self.started = True, time.monotonic()
-        log.info("retrain started (%s)", self.trigger)
+        self.run_drift_from = self._boost_for_run()
+        log.info(
+            "retrain started (%s)%s",
+            self.trigger,
+            "" if self.run_drift_from is None else f", given the drift start ts {self.run_drift_from:.3f}",
+        )
         if self.trigger == "drift" and self.settle is not None:
             self.settle()
         try:
@@ -172,10 +185,10 @@ class RetrainScheduler:
         During a run, the retrain is one more run right after it (several alerts: still one).
         """
         now = self.clock()
-        # Noted even within the cooldown: a data alert's measured start, often just after the
-        # concept alert that started the run, must reach the runs after it.
-        self._note_drift(*drift_start(alert))
-        if self.last_drift_run is not None and now - self.last_drift_run < self.cooldown_s:
+        # A concept alert with a drift start no run has had yet retrains even within the cooldown
+        # (once per start): after a data alert's plain run, the boosted one must not wait for it.
+        new_start = self._note_drift(drift_start(alert))
+        if not new_start and self.last_drift_run is not None and now - self.last_drift_run < self.cooldown_s:
             ALERTS.labels(alert.kind, "cooldown").inc()
             log.info(
                 "%s drift alert (%s=%.4g) within the %gs cooldown: no retrain",
@@ -203,18 +216,43 @@ class RetrainScheduler:
             self._run_now()
         return True
 
-    def _note_drift(self, start: float, measured: bool) -> None:
-        """Remember where the drift started: an alert within `episode_s` of the remembered start is
-        the same drift, whose start is the earliest measured one (a measured start replaces a guess;
-        a guess never replaces a measured start); a later one is a new drift."""
+    def _note_drift(self, start: float | None) -> bool:
+        """Remember where a concept drift started (None: not one that boosts): an alert within
+        `episode_s` of the remembered start is the same drift, which keeps the earliest start; a
+        later one is a new drift. Either way the drift is still raising alarms: its run count
+        restarts. True when the start changed to one that no run has been given yet."""
+        if start is None:
+            return False
         with self._lock:
             known = self.drift_from
-            if known is None or start - known > self.episode_s:
-                self.drift_from, self.drift_measured = start, measured
-            elif measured and not self.drift_measured:
-                self.drift_from, self.drift_measured = start, True
-            elif measured == self.drift_measured:
-                self.drift_from = min(known, start)
+            self.drift_from = start if known is None or start - known > self.episode_s else min(known, start)
+            self.drift_runs = 0
+            return self.drift_from != known and self.drift_from != self.run_drift_from
+
+    def _boost_for_run(self) -> float | None:
+        """The drift start a run starting now is given, ending the boost once it has done its job."""
+        with self._lock:
+            start, runs = self.drift_from, self.drift_runs
+        if start is None:
+            return None
+        reason = None
+        if runs >= MAX_BOOSTED_RUNS:
+            reason = f"{runs} runs had it without a new concept alert"
+        elif self.boost_served is not None:
+            try:
+                if self.boost_served(start):
+                    reason = "the active version was trained with it"
+            except Exception:  # the registry may be unreachable for a moment: keep boosting
+                log.warning("could not tell whether the boosted version is active", exc_info=True)
+        with self._lock:
+            if self.drift_from != start:  # an alert moved it meanwhile: that one applies
+                start = self.drift_from
+            elif reason is not None:
+                log.info("the drift start ts %.3f is given no more: %s", start, reason)
+                self.drift_from, self.drift_runs, start = None, 0, None
+            if start is not None:
+                self.drift_runs += 1
+        return start
 
     def _run_now(self) -> None:
         # Moving the one job's next run keeps "one run at a time" (max_instances=1).
@@ -262,6 +300,20 @@ def consume_alerts(settings: Settings, scheduler: RetrainScheduler, stop: thread
         consumer.close()
 
 
+def active_trained_with(settings: Settings, drift_from: float) -> bool:
+    """Whether the active version was trained with the drift boost from `drift_from` (its
+    metadata.json `window.recency.drift_from`)."""
+    from retrain.registry import ModelRegistry
+    from stream.storage import make_client
+
+    registry = ModelRegistry(make_client(settings), settings.models_bucket, settings.model_name)
+    active = registry.state().active
+    if active is None:
+        return False
+    recency = (registry.metadata(active).get("window") or {}).get("recency") or {}
+    return recency.get("drift_from") == drift_from
+
+
 def run(settings: Settings) -> None:
     """Run the loop in the foreground until SIGINT/SIGTERM."""
     import signal
@@ -280,11 +332,12 @@ def run(settings: Settings) -> None:
             raise Abandoned(f"stopping after epoch {epoch}/{epochs}")
 
     scheduler = RetrainScheduler(
-        lambda: retrain_once(settings, progress, drift_from=scheduler.drift_from),
+        lambda: retrain_once(settings, progress, drift_from=scheduler.run_drift_from),
         settings.retrain_interval_s,
         settings.retrain_cooldown_s,
         settle=lambda: wait_until_landed(settings, max(30.0, 3 * settings.ingest_flush_s), stop=stop),
         episode_s=settings.retrain_recent_s or 3600.0,
+        boost_served=lambda start: active_trained_with(settings, start),
     )
     scheduler.start()
     try:

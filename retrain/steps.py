@@ -169,12 +169,18 @@ class DataReport:
     seconds: dict[str, float]
 
 
-def data_step(settings: Settings, run_id: str, now: float | None = None) -> DataReport:
-    """Read the window, split it, and store the split for the train step (NotEnoughData if too small)."""
+def data_step(
+    settings: Settings, run_id: str, now: float | None = None, drift_from: float | None = None
+) -> DataReport:
+    """Read the window, split it, and store the split for the train step (NotEnoughData if too small).
+
+    `drift_from` (event time, as in one-shot retrain) boosts the purchases since then and narrows
+    the gate to them; it travels to the train and publish steps in `data.json`'s window.
+    """
     from retrain.job import prepare_data
 
     run = RunObjects.of(settings, run_id)
-    prepared = prepare_data(settings, now)
+    prepared = prepare_data(settings, now, drift_from=drift_from)
     started = time.monotonic()
     run.remove()  # a step run again starts this run afresh
     run.put_frame(DATA_TRAIN, prepared.holdout.train)

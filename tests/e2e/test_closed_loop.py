@@ -10,6 +10,7 @@ who buys which new product -> the online hit rate, nil for version 1, recovers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -30,6 +31,7 @@ from deploy.processes import stop_child
 from recommender.client import RecommendationClient
 from retrain.dataset import read_seed
 from retrain.registry import ModelRegistry
+from stream.alerts import parse_drift_alert
 from stream.producer import EventProducer
 from stream.schemas import Transaction
 from stream.settings import ENV_NAMES, Settings, load_settings
@@ -68,11 +70,14 @@ def wait_for(check: Callable[[], Any], what: str, timeout_s: float, up: subproce
     return result
 
 
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[tuple[Settings, subprocess.Popen, dict[str, str]]]:
+@contextlib.contextmanager
+def stack_up(
+    tmp_path: Path, loop_env: dict[str, str]
+) -> Iterator[tuple[Settings, subprocess.Popen, dict[str, str]]]:
+    """`recstream up` with `loop_env` in a fresh home; stopped (and checked to exit cleanly) on exit."""
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
-    env |= {"RECSTREAM_HOME": str(home), **LOOP_ENV}
+    env |= {"RECSTREAM_HOME": str(home), **loop_env}
     env |= {f"{name}_METRICS_PORT": "0" for name in ("INGEST", "SCORER", "UPDATER", "SCHEDULER")}
     home.mkdir()
     with open(tmp_path / "up.log", "wb") as out:
@@ -89,6 +94,53 @@ def running(tmp_path: Path) -> Iterator[tuple[Settings, subprocess.Popen, dict[s
     finally:
         stop_child(up, timeout=90)
     assert up.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[tuple[Settings, subprocess.Popen, dict[str, str]]]:
+    with stack_up(tmp_path, LOOP_ENV) as started:
+        yield started
+
+
+def loop_figures(
+    settings: Settings, launch_at: float, hits: dict[int, list[bool]], before: float | None = None
+) -> dict[str, Any]:
+    """What a closed-loop run shows (README, issue 18): each version's online hit rate and when it was
+    published and activated, the drift alerts, seconds after the launch (wall clock)."""
+    from kafka_helpers import read_all
+
+    registry = ModelRegistry(make_client(settings), settings.models_bucket, settings.model_name)
+    expected = int(observe.snapshot(settings).drift_alerts)
+    records = read_all(settings.kafka_bootstrap, settings.drift_alerts_topic, expected, timeout_s=10)
+    alerts = [parse_drift_alert(r.value) for r in records]
+    versions: dict[int, dict[str, Any]] = {}
+    for event in registry.state().events:
+        entry = versions.setdefault(event.version, {})
+        entry.setdefault(event.event, round(event.ts - launch_at, 1))
+        if event.event == "published":
+            entry["offline_hr@10"] = event.metrics.get("hr@10")
+    for version, got in hits.items():
+        entry = versions.setdefault(version, {})
+        entry["online_hit_rate"], entry["answers"] = round(float(np.mean(got)), 3), len(got)
+    return {
+        "pre_launch_hit_rate": None if before is None else round(before, 3),
+        "alerts": [
+            {
+                "s": round(a.ts - launch_at, 1),
+                "kind": a.kind,
+                "statistic": a.statistic,
+                "version": a.model_version,
+            }
+            for a in alerts
+        ],
+        "versions": {str(v): versions[v] for v in sorted(versions)},
+    }
+
+
+def report_figures(figures: dict[str, Any], path: Path) -> None:
+    """Printed (pytest -s) and kept as JSON beside the test's other files."""
+    path.write_text(json.dumps(figures, indent=1))
+    print(f"\nclosed-loop figures ({path}):\n{json.dumps(figures, indent=1)}")
 
 
 def _round(
@@ -170,20 +222,29 @@ def test_a_launch_raises_drift_retrains_and_the_hit_rate_recovers(
     with RecommendationClient(settings) as client, EventProducer(settings) as producer:
         answers = _round(client, producer, judged[:20], lambda user, a: a["items"][0])  # before the launch
         assert {a["model_version"] for a in answers} == {1} and all(len(a["items"]) == 10 for a in answers)
-        deadline = time.monotonic() + 420
+        launch_at = time.time()
+        deadline = time.monotonic() + 600  # a loaded machine (load ~20 on 2 cores) needed 420 s and more
         while (newer := recovered()) is None:
             assert up.poll() is None and time.monotonic() < deadline, (
                 registry.state().to_dict(),
                 _rates(hits),
             )
-            _round(client, producer, launch.customers(judged, 30), buy_new)
+            asking = launch.customers(judged, 30)
+            # Each judged customer buys only successors of what they bought: a slow machine (load ~20)
+            # used them all up before version 3 served, and then no answer was judged any more.
+            assert asking, ("every judged customer has bought all their new models", _rates(hits))
+            _round(client, producer, asking, buy_new)
             for user in launch.customers(background, 60):
                 producer.send_transaction(
                     Transaction(uuid.uuid4().hex, user, launch.buy(user), 1, time.time())
                 )
             producer.flush()
-            time.sleep(1)
+            time.sleep(2.5)  # 30 judged purchases every 3 s or so: their ~3,200 options last 6 minutes
 
+    figures = loop_figures(settings, launch_at, hits)
+    report_figures(
+        {**figures, "offline_hr@10_v1": offline_hr, "recovered": newer}, home.parent / "figures.json"
+    )
     assert np.mean(hits[1]) < 0.05, _rates(hits)  # version 1 never recommends what it never saw
     metadata = registry.metadata(newer)
     assert metadata["parent_version"] is not None  # warm-started

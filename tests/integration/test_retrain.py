@@ -2,7 +2,7 @@
 
 One chain, because each step needs the previous one: a first version from a seed slice, a
 deliberately worse candidate refused by the gate, and a second version warm-started from
-the first once more (new) data has landed.
+the first once more (new) data has landed, trained by the pipeline's steps after a drift.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ingest_helpers import Worker, stored_rows, wait_for
 
 from retrain.job import NotEnoughData, retrain_once
 from retrain.registry import ModelRegistry
+from retrain.steps import data_step, publish_step, train_step
 from stream.model_events import ACTIVATED, ModelEvent, parse_model_event
 from stream.produce import produce_file
 from stream.producer import EventProducer
@@ -140,11 +141,15 @@ def test_stream_to_versions_gate_and_warm_start(
     assert "gate:" in worse.reason
     assert registry.state().status[2] == "rejected"
 
-    drift_from = time.time()  # as if a drift alert's window started with the second slice
+    # As if a concept drift started with the second slice (its purchases' ts are their send times),
+    # retrained as the pipeline's steps do (`recstream retrain --step data --drift-from TS`).
+    drift_from = time.time()
     land(
         s, seed_slice(seed_file, FIRST_ROWS, SECOND_ROWS, tmp_path / "second.csv"), tmp_path / "ingest-2.log"
     )
-    second = retrain_once(s, drift_from=drift_from)
+    data_step(s, "drifted", drift_from=drift_from)
+    train_step(s, "drifted")
+    second = publish_step(s, "drifted")
     assert second.event == "published" and second.version == 3, second.reason
     meta2 = registry.metadata(3)
     assert meta2["parent_version"] == 1

@@ -149,3 +149,34 @@ def test_a_raised_alarm_repeats_once_per_repeat_interval_and_never_within_the_co
     assert not alarm.check(0.9, 101) and not alarm.check(0.4, 102)  # cleared below half
     assert not alarm.check(2.0, 105)  # a new crossing still waits for the cooldown
     assert alarm.check(2.0, 110)
+
+
+def test_a_concept_alert_starts_at_the_fall_in_event_time() -> None:
+    """Purchases replayed with old `ts` arrive now: the window says where the fall began in both times."""
+    monitor = DriftMonitor(dataclasses.replace(CONFIG, ph_threshold=5.0))
+    rng = np.random.default_rng(3)
+    alerts = []
+    for n in range(400):
+        arrival, event_ts = 10_000.0 + n, 1.5e9 + 60.0 * n  # the event times of a 2019-ish replay
+        monitor.served(f"u{n}", ["a", "b"], version=1, fallback=False, now=arrival - 0.5)
+        hit = n < 200 and rng.random() < 0.5  # from the 200th outcome on, every one misses
+        monitor.purchased(f"u{n}", "a" if hit else "z", arrival, event_ts=event_ts)
+        alerts += monitor.check(arrival)
+    first = alerts[0]
+    assert first.kind == "concept"
+    arrival, event_ts = first.window["from"], first.window["from_ts"]
+    # The rise since the last low: the fall's first miss, or a chance run of misses just before it.
+    assert 10_200 - 20 <= arrival <= 10_200 and event_ts == 1.5e9 + 60.0 * (arrival - 10_000)
+    assert first.ts > 10_200
+
+
+def test_a_data_alert_window_carries_its_first_purchases_event_time() -> None:
+    monitor = DriftMonitor(dataclasses.replace(CONFIG, cooldown_s=0))
+    monitor.set_reference(REFERENCE)
+    for n in range(600):
+        monitor.purchased(f"u{n}", f"new-{n % 5}", 5_000.0 + n, event_ts=1.5e9 + n)
+    alert = next(a for a in monitor.check(5_600.0) if a.statistic == "unknown_item_share")
+    first = 600 - CONFIG.window_events if CONFIG.window_events < 600 else 0
+    assert alert.window["from"] == 5_000.0 + first and alert.window["from_ts"] == 1.5e9 + first
+    monitor.purchased("v", "a", 5_700.0)  # no event time given: the arrival time stands for it
+    assert monitor.window_event_ts[-1] == 5_700.0

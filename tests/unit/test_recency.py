@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retrain import cf_model
-from retrain.dataset import Recency, build_interactions, recent_test, temporal_holdout
+from retrain import cf_model, job
+from retrain.dataset import Interactions, Recency, build_interactions, recent_test, temporal_holdout
 from retrain.job import RECENT_MIN_USERS, gate, recency_plan
-from retrain.scheduler import CONCEPT_LOOKBACK_S, RetrainScheduler, drift_start
+from retrain.scheduler import RetrainScheduler, drift_start
 from stream.alerts import DriftAlert
 from stream.settings import load_settings
 
@@ -90,53 +90,95 @@ def test_a_drift_narrows_the_gate_holdout_to_the_new_regime() -> None:
     assert whole["recent_from"] is None
 
 
-def metrics(candidate: float, active: float, popularity: float = 0.01, **whole: float) -> dict:
-    figures = {"candidate": candidate, "active": active, "popularity": popularity, **whole}
-    return {name: {"hr": value, "users": 300} for name, value in figures.items()}
+class Favourite:
+    """A stand-in trained model that ranks `favourite` first, then the filler products: the gate test
+    needs models whose hits it chooses, not training."""
+
+    def __init__(self, data: Interactions, favourite: str) -> None:
+        self.users, self.items = data.users, data.item_vocab
+        self.popularity = np.zeros(data.n_items)
+        self.row = np.array([1.0 if item.startswith("f") else 0.0 for item in data.item_vocab.ids])
+        self.row[data.item_vocab.index(favourite)] = 2.0
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        return np.tile(self.row, (len(users), 1))
+
+    def fit(self, data: Interactions) -> Favourite:  # as the popularity baseline
+        return self
 
 
-def test_the_gate_follows_the_recent_holdout_not_the_whole_one() -> None:
-    # Better on the new regime, worse on the whole window (mostly the old regime): published.
-    assert gate(metrics(0.30, 0.05, candidate_whole=0.18, active_whole=0.25), tolerance=0.01) is None
-    # Worse on the new regime though better on the whole window: refused, saying on what.
-    reason = gate(metrics(0.05, 0.30, candidate_whole=0.25, active_whole=0.18), tolerance=0.01)
-    assert reason is not None and "worse than the active model" in reason and "300 recent" in reason
+@pytest.mark.parametrize("candidate_likes", ["y", "x"])
+def test_the_gate_follows_the_recent_holdout_not_the_whole_one(
+    candidate_likes: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60 customers of the old regime will buy x next, 20 of the new one (since ts 2,000) y. A model
+    that ranks y first is right on the recent holdout and wrong on most of the whole one: published
+    against an active model that ranks x first, and, the other way round, refused, although on the
+    whole holdout the decisions would be the opposite."""
+    rows = [(f"o{n}", item, n * 10.0 + k) for n in range(60) for k, item in enumerate("aby" + "x")]
+    rows += [(f"n{n}", item, 2_000 + n * 10.0 + k) for n in range(20) for k, item in enumerate("acx" + "y")]
+    rows += [("z", f"f{k}", 1_000.0 + k) for k in range(12)]  # filler products no customer will buy
+    holdout = temporal_holdout(frame_of(rows))
+    settings = load_settings({"RETRAIN_MIN_USERS": "5"}, environ={})
+    window = {"last_ts": 2_203.0, "recency": recency_plan(settings, {"last_ts": 2_203.0}, drift_from=2_000.0)}
+    data = build_interactions(holdout.train)
+    active_likes = "x" if candidate_likes == "y" else "y"
+    monkeypatch.setattr(cf_model, "train", lambda train, *_, **__: Favourite(train, candidate_likes))
+    monkeypatch.setattr(job, "Popularity", lambda: Favourite(data, "f0"))  # fillers only: no hit
+    prepared = job.Prepared(holdout, window, {})
+    candidate = job.train_candidate(prepared, (1, Favourite(data, active_likes)))
+
+    recent, whole = candidate.summary["holdouts"]["recent"], candidate.summary["holdouts"]["whole"]
+    assert recent["candidate"]["users"] == 20 and whole["candidate"]["users"] == 81
+    assert candidate.metrics == {name: recent[name] for name in ("candidate", "popularity", "active")}
+    by_whole = gate({name: whole[name] for name in ("candidate", "popularity", "active")}, 0.01)
+    reason = gate(candidate.metrics, tolerance=0.01)
+    if candidate_likes == "y":  # right on the new regime: 1.0 recent, 20/81 whole, against 0.0 and 60/81
+        assert reason is None and by_whole is not None
+    else:
+        assert by_whole is None and reason is not None and "on the 20 recent held-out users" in reason
 
 
-def test_alerts_say_where_the_drift_started_and_one_episode_keeps_its_start() -> None:
-    data = DriftAlert("data", "unknown_item_share", 0.6, 0.2, 1, {"from": 1_000.0, "to": 1_100.0}, ts=1_120.0)
-    concept = DriftAlert("concept", "page_hinkley_hit_rate", 20.0, 15.0, 1, {"outcomes": 80}, ts=1_300.0)
-    assert drift_start(data) == (1_000.0, True)
-    assert drift_start(concept) == (1_300.0 - CONCEPT_LOOKBACK_S, False)  # no start in its window: a guess
-    scheduler = RetrainScheduler(lambda: None, 3600, cooldown_s=0.001, episode_s=3600)
+def test_retrain_takes_a_drift_start_one_shot_and_in_the_data_step_only() -> None:
+    from stream.cli import build_parser
+
+    args = build_parser().parse_args(["retrain", "--step", "data", "--run-id", "r1", "--drift-from", "1.5e9"])
+    assert args.drift_from == 1.5e9
+    args = build_parser().parse_args(["retrain", "--step", "train", "--run-id", "r1", "--drift-from", "5"])
+    with pytest.raises(SystemExit) as refused:
+        args.func(args)  # the train step follows the data step's: refused before any connection
+    assert refused.value.code == 2
+
+
+def test_only_a_concept_alert_says_where_a_drift_started_and_in_event_time() -> None:
+    concept = DriftAlert("concept", "page_hinkley_hit_rate", 20.0, 15.0, 1, {"from_ts": 1.5e9, "from": 1.7e9})
+    assert drift_start(concept) == 1.5e9  # event time, not the arrival time `from`
+    data = DriftAlert("data", "psi_item_popularity", 0.6, 0.2, 1, {"from": 1.7e9, "from_ts": 1.5e9})
+    assert drift_start(data) is None  # the traffic moved, the model did not get worse: no boost
+    assert drift_start(dataclasses.replace(concept, window={"outcomes": 80})) is None  # an older scorer's
+    for huge in (10**400, -(10**400), float("nan"), "soon"):  # valid JSON must not raise here
+        assert drift_start(dataclasses.replace(concept, window={"from_ts": huge})) is None
+
+
+def test_one_episode_keeps_its_earliest_start_and_a_new_start_retrains_within_the_cooldown() -> None:
+    concept = DriftAlert("concept", "page_hinkley_hit_rate", 20.0, 15.0, 1, {"from_ts": 1_000.0}, ts=5_000.0)
+    data = DriftAlert("data", "unknown_item_share", 0.6, 0.2, 1, {"from_ts": 10.0}, ts=5_000.0)
+    scheduler = RetrainScheduler(lambda: None, 3600, cooldown_s=3600, episode_s=3600)
     try:
         scheduler.scheduler.start(paused=True)  # alerts move the paused job, nothing runs
 
-        def alert(which: DriftAlert, **changes: object) -> float | None:
-            scheduler.last_drift_run = None  # past the cooldown
-            scheduler.on_alert(dataclasses.replace(which, **changes))
-            return scheduler.drift_from
+        def alert(which: DriftAlert, start: float | None = None) -> bool:
+            window = which.window if start is None else {"from_ts": start}
+            return scheduler.on_alert(dataclasses.replace(which, window=window))
 
-        assert alert(concept) == 1_300.0 - CONCEPT_LOOKBACK_S
-        assert alert(data) == 1_000.0  # a measured start replaces the guess
-        assert alert(concept, ts=1_400.0) == 1_000.0  # and a guess does not replace it
-        assert alert(data, window={"from": 1_500.0}, ts=1_600.0) == 1_000.0  # the same drift
-        assert alert(data, window={"from": 9_000.0}, ts=9_100.0) == 9_000.0  # a new one
-        assert alert(data, window={"from": float("nan")}, ts=9_200.0) == 9_000.0  # no start: a guess
-        # Within the cooldown no run starts, but a measured start still replaces a guess.
-        assert alert(concept, ts=20_000.0) == 20_000.0 - CONCEPT_LOOKBACK_S
-        scheduler.cooldown_s = 3600.0
-        scheduler.on_alert(dataclasses.replace(data, window={"from": 19_700.0}, ts=20_050.0))
-        assert scheduler.drift_from == 19_700.0
+        assert alert(data) and scheduler.drift_from is None  # retrains, boosts nothing
+        assert alert(concept)  # within the cooldown, but a start no run has had: retrain
+        assert scheduler.drift_from == 1_000.0
+        assert not alert(concept, 1_500.0) and scheduler.drift_from == 1_000.0  # same drift: cooldown
+        assert alert(concept, 900.0) and scheduler.drift_from == 900.0  # it started earlier
+        scheduler.run_drift_from = 900.0  # a run was given it
+        assert not alert(concept, 950.0) and scheduler.drift_from == 900.0
+        assert alert(concept, 9_000.0) and scheduler.drift_from == 9_000.0  # a new drift
+        assert not alert(data) and scheduler.drift_from == 9_000.0
     finally:
         scheduler.scheduler.shutdown(wait=False)
-
-
-def test_a_window_start_beyond_a_float_is_no_start_not_an_error() -> None:
-    """A 400-digit `from` (valid JSON) once raised OverflowError out of the alert consumer."""
-    alert = DriftAlert("data", "unknown_item_share", 0.6, 0.2, 1, {"from": 10**400}, ts=1_120.0)
-    assert drift_start(alert) == (1_120.0 - CONCEPT_LOOKBACK_S, False)
-    assert drift_start(dataclasses.replace(alert, window={"from": -(10**400)})) == (
-        1_120.0 - CONCEPT_LOOKBACK_S,
-        False,
-    )

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from retrain.scheduler import RetrainScheduler
+from retrain.scheduler import MAX_BOOSTED_RUNS, RetrainScheduler
 from stream.alerts import DriftAlert
 
 ALERT = DriftAlert("concept", "page_hinkley", 3.0, 1.0, model_version=1)
@@ -196,3 +196,39 @@ def test_an_abandoned_run_is_counted_as_such_and_asks_for_no_follow_up(make_sche
     assert len(calls) == 1
     assert "abandoned: stopping after epoch 3/10" in caplog.text
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+CONCEPT = DriftAlert("concept", "page_hinkley_hit_rate", 20.0, 15.0, 1, {"from_ts": 1.5e9})
+DATA = DriftAlert("data", "psi_item_popularity", 0.5, 0.2, 1, {"from": 2e9, "from_ts": 1.6e9})
+
+
+def runs_given(scheduler: RetrainScheduler, given: list, clock: Clock, alerts: list[DriftAlert]) -> list:
+    """Each alert (past the cooldown) starts one run; the drift starts the runs were given."""
+    for alert in alerts:
+        clock.now += 100
+        before = len(given)
+        assert scheduler.on_alert(alert)
+        assert wait_for(lambda before=before: len(given) > before and not scheduler.running)
+    return given
+
+
+def test_the_drift_boost_lasts_until_a_version_trained_with_it_is_active(make_scheduler) -> None:
+    clock, given, active = Clock(), [], []
+    scheduler = make_scheduler(
+        lambda: given.append(scheduler.run_drift_from), clock=clock, boost_served=lambda s: s in active
+    )
+    assert runs_given(scheduler, given, clock, [DATA]) == [None]  # a data alert retrains, no boost
+    runs_given(scheduler, given, clock, [CONCEPT, DATA])
+    assert given[1:] == [1.5e9, 1.5e9]  # the runs after the concept alert have it
+    active.append(1.5e9)  # the updater activated a version trained with it
+    assert runs_given(scheduler, given, clock, [DATA])[3:] == [None]
+    assert scheduler.drift_from is None
+
+
+def test_the_drift_boost_ends_after_a_bounded_number_of_runs_without_a_new_alert(make_scheduler) -> None:
+    clock, given = Clock(), []
+    scheduler = make_scheduler(lambda: given.append(scheduler.run_drift_from), clock=clock)
+    runs_given(scheduler, given, clock, [CONCEPT] + [DATA] * MAX_BOOSTED_RUNS)
+    assert given == [1.5e9] * MAX_BOOSTED_RUNS + [None]  # every version refused: it stops anyway
+    runs_given(scheduler, given, clock, [CONCEPT, DATA])  # the drift still raises alarms: boosted again
+    assert given[-2:] == [1.5e9, 1.5e9]
