@@ -1,14 +1,20 @@
-"""Baseline recommenders for the gate and the benchmark: popularity, implicit ALS, item-kNN, EASE.
+"""Baseline recommenders for the gate and the benchmark, of two kinds.
+
+Order-blind (what a user bought): popularity, implicit ALS, item-kNN, EASE. Sequence-aware (in
+what order): a windowed item-transition model, session-kNN and a small GRU next-item model, the
+peers the model must beat on logs where the next item depends on the previous ones.
 
 Pure numpy on the dense user x item purchase matrix (the catalogue is a few hundred items, so
-item x item matrices are tiny). Each baseline has `fit(train) -> self` and
-`scores(users) -> float [len(users), n_items]` over the training catalogue; already bought
-items are excluded by the evaluation, not here.
+item x item matrices are tiny), except the GRU (TensorFlow, imported only when it is fitted).
+Each baseline has `fit(train) -> self` and `scores(users) -> float [len(users), n_items]` over
+the training catalogue; already bought items are excluded by the evaluation, not here.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -140,20 +146,190 @@ class ImplicitALS:
         return self.user_factors[users] @ self.item_factors.T
 
 
+def recent_items(train: Interactions, users: np.ndarray, n: int) -> np.ndarray:
+    """Int64 [len(users), n]: each user's last `n` distinct items, most recent first (-1 pads)."""
+    out = np.full((len(users), n), -1, dtype=np.int64)
+    for row, user in enumerate(np.asarray(users, dtype=np.int64)):
+        seen: list[int] = []
+        for item in train.sequence(int(user))[::-1].tolist():
+            if item not in seen:
+                seen.append(item)
+                if len(seen) == n:
+                    break
+        out[row, : len(seen)] = seen
+    return out
+
+
+class Transition:
+    """Windowed item transitions: P(next | an item bought 1..window steps before), recency weighted.
+
+    Fit: every pair (item `d` steps back, item) in each user's sequence (immediate repeats
+    collapsed) counts `decay**(d-1)`; rows are normalised to conditional distributions. Score:
+    the rows of the user's last `window` distinct items, the i-th most recent weighted `decay**i`.
+    """
+
+    name = "transition"
+
+    def __init__(self, window: int = 3, decay: float = 0.7) -> None:
+        self.window, self.decay = window, decay
+
+    def fit(self, train: Interactions) -> Transition:
+        self.train = train
+        n = train.n_items
+        owners = np.repeat(np.arange(train.n_users), np.diff(train.indptr))
+        items = train.items.astype(np.int64)
+        keep = np.ones(len(items), dtype=bool)
+        keep[1:] = (owners[1:] != owners[:-1]) | (items[1:] != items[:-1])
+        owners, items = owners[keep], items[keep]
+        counts = np.zeros(n * n)
+        for d in range(1, self.window + 1):
+            same = (owners[d:] == owners[:-d]) & (items[d:] != items[:-d])
+            np.add.at(counts, items[:-d][same] * n + items[d:][same], self.decay ** (d - 1))
+        counts = counts.reshape(n, n)
+        self.transitions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1e-9)
+        return self
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        recent = recent_items(self.train, users, self.window)
+        out = np.zeros((len(recent), self.train.n_items))
+        for step in range(self.window):
+            present = recent[:, step] >= 0
+            out[present] += self.decay**step * self.transitions[recent[present, step]]
+        return out
+
+
+class SessionKNN:
+    """Session-kNN (V-SKNN, Ludewig and Jannach 2018): each user's history is one session.
+
+    The query is the user's last `recent` distinct items, weighted linearly down from the most
+    recent; the `neighbours` most cosine-similar other users vote for their items by similarity.
+    """
+
+    name = "session_knn"
+
+    def __init__(self, neighbours: int = 100, recent: int = 10, chunk: int = 512) -> None:
+        self.neighbours, self.recent, self.chunk = neighbours, recent, chunk
+
+    def fit(self, train: Interactions) -> SessionKNN:
+        self.train = train
+        self.matrix = purchase_matrix(train)
+        self.norms = np.sqrt(np.maximum(self.matrix.sum(axis=1), 1.0)).astype(np.float32)
+        return self
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        users = np.asarray(users, dtype=np.int64)
+        recent = recent_items(self.train, users, self.recent)
+        weights = np.where(recent >= 0, 1.0 - np.arange(self.recent) / self.recent, 0.0).astype(np.float32)
+        out = np.zeros((len(users), self.train.n_items), dtype=np.float32)
+        k = min(self.neighbours, max(self.train.n_users - 1, 1))
+        for start in range(0, len(users), self.chunk):
+            rows = slice(start, start + self.chunk)
+            query = np.zeros((len(users[rows]), self.train.n_items), dtype=np.float32)
+            present = recent[rows] >= 0
+            query[np.nonzero(present)[0], recent[rows][present]] = weights[rows][present]
+            similarity = (query @ self.matrix.T) / self.norms
+            similarity[np.arange(len(users[rows])), users[rows]] = -np.inf  # not oneself
+            if self.train.n_users <= 1:
+                continue
+            nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+            weight = np.maximum(np.take_along_axis(similarity, nearest, axis=1), 0.0)
+            out[rows] = np.einsum("bk,bki->bi", weight, self.matrix[nearest])
+        return out
+
+
+class GRUNext:
+    """A small GRU next-item model (GRU4Rec-like): the last `history` distinct items, oldest first,
+    predict the next new item with a softmax over the catalogue. Kept cheap (one layer, few
+    epochs): a peer that learns order, not a tuned contender."""
+
+    name = "gru"
+
+    def __init__(
+        self,
+        history: int = 16,
+        dim: int = 64,
+        units: int = 96,
+        epochs: int = 4,
+        batch: int = 256,
+        seed: int = 0,
+    ) -> None:
+        self.history, self.dim, self.units, self.epochs, self.batch, self.seed = (
+            history,
+            dim,
+            units,
+            epochs,
+            batch,
+            seed,
+        )
+
+    def fit(self, train: Interactions) -> GRUNext:
+        import keras
+
+        from retrain.cf_model import _histories
+
+        self.train = train
+        examples = _histories(train, self.history)
+        keras.utils.set_random_seed(self.seed)
+        inputs = keras.Input((self.history,), dtype="int32")
+        x = keras.layers.Embedding(train.n_items + 1, self.dim, mask_zero=True)(inputs)
+        x = keras.layers.GRU(self.units)(x)
+        logits = keras.layers.Dense(train.n_items)(x)
+        self.model = keras.Model(inputs, logits)
+        self.model.compile(
+            keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        if len(examples.targets):
+            self.model.fit(
+                self._oldest_first(examples.histories),
+                examples.targets,
+                batch_size=self.batch,
+                epochs=self.epochs,
+                shuffle=True,
+                verbose=0,
+            )
+        return self
+
+    @staticmethod
+    def _oldest_first(histories: np.ndarray) -> np.ndarray:
+        """Most-recent-first rows (0 pads at the end) as oldest-first rows (0 pads at the front)."""
+        return np.ascontiguousarray(histories[:, ::-1]).astype(np.int32)
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        recent = recent_items(self.train, users, self.history) + 1  # item index + 1, 0 pads
+        return self.model.predict(self._oldest_first(recent.astype(np.int32)), batch_size=4096, verbose=0)
+
+
 def default_baselines() -> list[Recommender]:
-    """The baselines of the gate/benchmark with parameters tuned on the seed holdout."""
+    """The order-blind baselines of the gate/benchmark with parameters tuned on the seed holdout."""
     return [Popularity(), ImplicitALS(), ItemKNN(), EASE()]
+
+
+def sequence_baselines() -> list[Recommender]:
+    """The sequence-aware baselines of the benchmark."""
+    return [Transition(), SessionKNN(), GRUNext()]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A baseline's metrics on the holdout and the seconds its fit took."""
+
+    metrics: Metrics
+    seconds: float
 
 
 def evaluate_baselines(
     train: Interactions, evalset: EvalSet, baselines: list[Recommender] | None = None, k: int = DEFAULT_K
-) -> dict[str, Metrics]:
+) -> dict[str, Measured]:
     """Fit each baseline on `train` and evaluate it on `evalset`; keyed by baseline name."""
-    results: dict[str, Metrics] = {}
+    results: dict[str, Measured] = {}
     for baseline in baselines if baselines is not None else default_baselines():
+        started = time.monotonic()
         baseline.fit(train)
+        seconds = time.monotonic() - started
         metrics = evaluate_scores(baseline.scores(evalset.users), evalset, k)
         name = getattr(baseline, "name", type(baseline).__name__)
-        log.info("baseline %s: HR@%d %.4f NDCG@%d %.4f", name, k, metrics.hr, k, metrics.ndcg)
-        results[name] = metrics
+        log.info(
+            "baseline %s: HR@%d %.4f NDCG@%d %.4f fit %.1fs", name, k, metrics.hr, k, metrics.ndcg, seconds
+        )
+        results[name] = Measured(metrics, seconds)
     return results

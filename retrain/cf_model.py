@@ -7,10 +7,21 @@ each purchase of an item new to the user from the user's embedding and a recency
 of the items they bought before (most recent first). Items already bought are masked out of
 the softmax, as they are out of the recommendations.
 
+Order-aware as well as co-occurrence-aware (issue 17): the bag's position weights are learnt
+(starting at decay**i), and two linear item x item terms are added to the network's logits: an
+EASE-like co-occurrence term over the whole history (what goes with what) and a transition
+term over the last 3 items, each with a learnt weight per position (what follows what). The
+seed rewards the first as much as the second, an order-heavy log (bench/ordered_log.py) the
+second; the sum beat EASE and the windowed transition baseline on both (README). The tables
+are n_items^2 (dense: cheap for hundreds of items; tens of thousands would need them factored
+or sparse) and L2-penalised (`Params.table_l2`): unpenalised, they overfit within 2 epochs.
+
 Warm start: a child model keeps the parent's rows for every known user and item (vocabularies
-only grow, so indices are stable) and its dense layers, and starts new rows fresh; a new item's
-output bias starts from its (recency-weighted) popularity, so a product launched since the parent
-is not buried below every known one before training has seen it.
+only grow, so indices are stable), its dense layers and the known items' block of the item x
+item terms, and starts new rows fresh (the terms' new rows and columns at 0); a parent from
+before the order-aware terms (`LEGACY`) warm-starts a child with them, which start neutral.
+A new item's output bias starts from its (recency-weighted) popularity, so a product launched
+since the parent is not buried below every known one before training has seen it.
 
 Recency (`retrain.dataset.Recency`): examples are weighted by age and drift regime, in training
 and in early stopping's validation loss. The validation examples are each user's latest training
@@ -44,21 +55,36 @@ class Params:
     item_dim: int = 64
     user_dim: int = 0  # 0: a user is their purchase history (measured better on the seed than an ID row)
     hidden: int = 256
-    dropout: float = 0.3
+    dropout: float = 0.5  # 0.3 before the item x item terms; 0.5 measured better with them (README)
     epochs: int = 10
     batch: int = 1024  # at most; small data gets smaller batches (see `batch_size`)
     learning_rate: float = 3e-3
     validation: float = 0.1  # share of examples that decide when to stop (0: train every epoch)
     patience: int = 2  # epochs without a better validation loss before stopping
     seed: int = 0
+    positions: bool = True  # learnt weight per history position (starts at decay**i) instead of fixed
+    transition: int = 3  # linear item -> next item term over the last `transition` items (0: none)
+    linear: bool = True  # EASE-like linear co-occurrence term over the whole history
+    table_l2: float = 1e-4  # L2 penalty of the item x item terms: n_items^2 weights overfit fast
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Params:
+        """Parameters as a version recorded them; fields it predates take their value then (LEGACY)."""
+        return cls(**{**LEGACY, **values})
 
     def batch_size(self, examples: int) -> int:
         """About 100 steps per epoch whatever the data size: a few thousand examples in batches of
         1024 would be a handful of steps, too few to learn anything."""
         return int(min(self.batch, max(32, examples // 100)))
+
+
+# The order-aware terms and their values in versions exported before them (absent from their
+# params): those load as they were trained, and warm-start a child that has the terms, which
+# start neutral (zero tables, position weights at decay**i).
+LEGACY: dict[str, Any] = {"positions": False, "transition": 0, "linear": False}
 
 
 @dataclass(frozen=True)
@@ -124,15 +150,36 @@ def _split(users: np.ndarray, ts: np.ndarray, params: Params) -> tuple[np.ndarra
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
+def _position_layer(keras: Any, width: int, decay: float, name: str):
+    """A trainable weight per history position, starting at decay**i: order is learnt, not fixed."""
+
+    class Positions(keras.layers.Layer):
+        def build(self, input_shape: Any) -> None:
+            self.w = self.add_weight(
+                shape=(width,),
+                initializer=keras.initializers.Constant((decay ** np.arange(width)).astype("float32")),
+                name="w",
+            )
+
+        def call(self, mask: Any) -> Any:
+            return mask * self.w
+
+    return Positions(name=name)
+
+
 def build_keras(n_users: int, n_items: int, params: Params):
     import keras
 
     user = keras.Input((), dtype="int32", name="user")
     history = keras.Input((params.history,), dtype="int32", name="history")
+    present = keras.ops.cast(keras.ops.not_equal(history, 0), "float32")
     items = keras.layers.Embedding(n_items + 1, params.item_dim, name="item_embedding")(history)
-    weights = keras.ops.cast(keras.ops.not_equal(history, 0), "float32") * keras.ops.convert_to_tensor(
-        (params.decay ** np.arange(params.history)).astype("float32")
-    )
+    if params.positions:
+        weights = _position_layer(keras, params.history, params.decay, "positions")(present)
+    else:
+        weights = present * keras.ops.convert_to_tensor(
+            (params.decay ** np.arange(params.history)).astype("float32")
+        )
     bag = keras.ops.sum(items * weights[..., None], axis=1)
     if params.user_dim:
         users = keras.layers.Embedding(n_users, params.user_dim, name="user_embedding")(user)
@@ -144,8 +191,27 @@ def build_keras(n_users: int, n_items: int, params: Params):
     x = keras.layers.Dense(params.hidden, activation="relu", name="dense_2")(x)
     x = keras.layers.Dropout(params.dropout)(x)
     logits = keras.layers.Dense(n_items, name="output")(x)
-    # Items in the history cannot be the next new item: mask them out of the softmax.
     seen = keras.ops.max(keras.ops.one_hot(history, n_items + 1)[..., 1:], axis=1)
+    if params.linear:  # what goes with what, linearly (EASE-like; n_items^2 weights)
+        logits = logits + keras.layers.Dense(
+            n_items,
+            use_bias=False,
+            kernel_initializer="zeros",
+            kernel_regularizer=keras.regularizers.L2(params.table_l2) if params.table_l2 else None,
+            name="cooccurrence",
+        )(seen)
+    if params.transition:  # what follows what: each of the last items' row, by learnt position weight
+        window = min(params.transition, params.history)
+        rows = keras.layers.Embedding(
+            n_items + 1,
+            n_items,
+            embeddings_initializer="zeros",
+            embeddings_regularizer=keras.regularizers.L2(params.table_l2) if params.table_l2 else None,
+            name="transition",
+        )(history[:, :window])
+        steps = _position_layer(keras, window, params.decay, "transition_positions")(present[:, :window])
+        logits = logits + keras.ops.sum(rows * steps[..., None], axis=1)
+    # Items in the history cannot be the next new item: mask them out of the softmax.
     return keras.Model([user, history], logits - 1e9 * seen, name="recommender")
 
 
@@ -189,7 +255,7 @@ class Trained:
 def load(directory: Path) -> Trained:
     """The model of an exported version directory, for warm start and comparison."""
     with np.load(directory / STATE_FILE, allow_pickle=False) as state:
-        params = Params(**json.loads(str(state["params"])))
+        params = Params.from_dict(json.loads(str(state["params"])))
         users = Vocabulary(json.loads(str(state["users"])))
         items = Vocabulary(json.loads(str(state["items"])))
         weights = [state[f"w{i}"] for i in range(sum(1 for k in state.files if k.startswith("w")))]
@@ -220,7 +286,10 @@ def _warm_start(model: Any, parent: Trained) -> None:
     for layer in model.layers:
         if not layer.weights:
             continue
-        source = parent.keras_model.get_layer(layer.name).get_weights()
+        try:
+            source = parent.keras_model.get_layer(layer.name).get_weights()
+        except ValueError:  # a term the parent lacks (LEGACY): it keeps its neutral start
+            continue
         target = layer.get_weights()
         if layer.name == "user_embedding":
             target[0][:old_users] = source[0]
@@ -229,6 +298,10 @@ def _warm_start(model: Any, parent: Trained) -> None:
         elif layer.name == "output":
             target[0][:, :old_items] = source[0]
             target[1][:old_items] = source[1]
+        elif layer.name == "cooccurrence":  # item x item
+            target[0][:old_items, :old_items] = source[0]
+        elif layer.name == "transition":  # (item + 1) x item
+            target[0][: old_items + 1, :old_items] = source[0]
         else:
             target = source
         layer.set_weights(target)
@@ -255,6 +328,14 @@ def train(
             epochs=parent.params.epochs,
             validation=parent.params.validation,
             patience=parent.params.patience,
+            dropout=parent.params.dropout,  # training settings, not shapes
+            learning_rate=parent.params.learning_rate,
+            table_l2=parent.params.table_l2,
+            **{  # a term the parent lacks starts neutral in the child: the parent's function is kept
+                name: getattr(parent.params, name)
+                for name, off in LEGACY.items()
+                if getattr(parent.params, name) == off
+            },
         )
         if parent.params.as_dict() != same_shape.as_dict():
             log.info("parent has other parameters (%s): no warm start", parent.params)
@@ -267,8 +348,9 @@ def train(
     weights = recency.weights(examples.ts).astype(np.float32)
     popularity = data.popularity(recency)
     model = build_keras(data.n_users, data.n_items, params)
-    _prior_bias(model, popularity)
-    if parent is not None:
+    if parent is None:
+        _prior_bias(model, popularity)
+    else:  # the parent's biases are kept: only the items new since it get the prior
         _warm_start(model, parent)
         _prior_bias(model, popularity, known=len(parent.items))
         log.info(

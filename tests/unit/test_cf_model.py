@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,41 @@ def test_warm_start_keeps_known_rows_and_appends_new_ids() -> None:
         child.keras_model.get_layer("dense_1").get_weights()[0],
         parent.keras_model.get_layer("dense_1").get_weights()[0],
     )
+    # The item x item terms keep the parent's block; the new item's row and column start at 0.
+    known = len(parent.items)
+    for layer, rows in (("cooccurrence", known), ("transition", known + 1)):
+        before = parent.keras_model.get_layer(layer).get_weights()[0]
+        after = child.keras_model.get_layer(layer).get_weights()[0]
+        assert np.abs(before).max() > 0 and after.shape == (rows + 1, known + 1)
+        np.testing.assert_array_equal(after[:rows, :known], before)
+        assert not after[rows:].any() and not after[:, known:].any()
+    for layer in ("positions", "transition_positions"):
+        np.testing.assert_array_equal(
+            child.keras_model.get_layer(layer).get_weights()[0],
+            parent.keras_model.get_layer(layer).get_weights()[0],
+        )
+
+
+def test_a_version_from_before_the_order_aware_terms_loads_and_warm_starts_them(tmp_path: Path) -> None:
+    legacy = dataclasses.replace(SMALL, **cf_model.LEGACY, epochs=2, dropout=0.3)  # as they were
+    data = build_interactions(chain_events(60))
+    parent = cf_model.train(data, legacy)
+    parent.save_state(tmp_path)
+    path = tmp_path / cf_model.STATE_FILE
+    with np.load(path) as state:  # its params as written then: without the new fields
+        arrays = dict(state)
+    old = {
+        k: v for k, v in json.loads(str(arrays["params"])).items() if k not in {*cf_model.LEGACY, "table_l2"}
+    }
+    np.savez_compressed(path, **{**arrays, "params": np.asarray(json.dumps(old))})
+    loaded = cf_model.load(tmp_path)
+    assert loaded.params == legacy
+    users = np.arange(20)
+    np.testing.assert_allclose(loaded.scores(users), parent.scores(users), atol=1e-5)
+    # The child has the new terms, starting neutral: before training it ranks as its parent did.
+    child = cf_model.train(data, dataclasses.replace(SMALL, epochs=0), parent=loaded)
+    assert child.keras_model.get_layer("transition") is not None
+    np.testing.assert_allclose(child.scores(users), parent.scores(users), atol=1e-4)
 
 
 def test_exported_signatures(tmp_path: Path) -> None:
