@@ -15,6 +15,12 @@ and each service's pid, restarts, ports, metrics endpoint and last error, for
 programs that read the settings); `$RECSTREAM_HOME/prometheus/targets.json` lists the
 metrics endpoints for a Prometheus `file_sd_configs` (`prometheus/prometheus.yml` beside it
 is a config that uses it).
+
+Workers: INGEST_WORKERS / SCORER_WORKERS start that many of the service, `<service>-1` ..
+`<service>-N` (a service of one worker keeps its plain name), all in the service's one
+consumer group, so Kafka shares the partitions among them. Each worker has its own ports (a
+pinned port goes to the first), log, and Faust data dir (WORKER_NAME); services.json records
+which service each is.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ SERVICE_PORTS: dict[str, tuple[str, ...]] = {
     "scorer": ("SCORER_METRICS_PORT", "SCORER_HTTP_PORT"),
 }
 METRICS_PORT = {name: f"{name.upper()}_METRICS_PORT" for name in SERVICES}
+WORKERS_SETTING = {"ingest": "ingest_workers", "scorer": "scorer_workers"}  # the scalable services
 _FIELDS = {f.env: f for f in FIELDS}
 TAIL_BYTES = 64 * 1024  # how much of a log is read to find a service's last error
 
@@ -125,10 +132,19 @@ def last_error(log_path: Path, name: str) -> str:
     return next(group[-1] for group in ranked if group)[:300]
 
 
+def worker_names(service: str, workers: int) -> list[str]:
+    """The workers of a service: its own name when it runs alone, else `<service>-<i>`."""
+    return [service] if workers == 1 else [f"{service}-{i}" for i in range(1, workers + 1)]
+
+
 def recorded_ports(home: Path) -> dict[str, int]:
-    """Every port setting of the services a running supervisor of `home` recorded."""
-    services = read_state(home).get("services", {}).values()
-    return {setting: port for service in services for setting, port in service.get("ports", {}).items()}
+    """Every port setting of the services a running supervisor of `home` recorded (of several
+    workers of one service, the first's)."""
+    ports: dict[str, int] = {}
+    for service in read_state(home).get("services", {}).values():
+        for setting, port in service.get("ports", {}).items():
+            ports.setdefault(setting, port)
+    return ports
 
 
 def write_stack_env_ports(home: Path, ports: Mapping[str, int]) -> None:
@@ -160,12 +176,17 @@ scrape_configs:
 """
 
 
-def write_targets(home: Path, endpoints: Mapping[str, str]) -> None:
-    """Prometheus file_sd targets of the services' metrics: one group per service, `job` = its name."""
+def write_targets(home: Path, endpoints: Mapping[str, str], jobs: Mapping[str, str] | None = None) -> None:
+    """Prometheus file_sd targets of the services' metrics: one group per worker, `job` = its service
+    (`jobs`: worker -> service, default the worker's name), `worker` = its name when it is one of several."""
     path = targets_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
     groups = [
-        {"targets": [endpoint], "labels": {"job": name, "recstream_home": str(home)}}
+        {
+            "targets": [endpoint],
+            "labels": {"job": (jobs or {}).get(name, name), "recstream_home": str(home)}
+            | ({"worker": name} if (jobs or {}).get(name, name) != name else {}),
+        }
         for name, endpoint in endpoints.items()
         if endpoint
     ]
@@ -186,15 +207,19 @@ class Service:
     host: str = "127.0.0.1"
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
+    service: str = ""  # the CLI command it runs (`name` is the worker's): the name when empty
     restarts: int = 0
     backoff_s: float = 1.0
     restart_at: float | None = None
     exits: list[int] = field(default_factory=list)
     last_error: str = ""
 
+    def __post_init__(self) -> None:
+        self.service = self.service or self.name
+
     @property
     def metrics(self) -> str:
-        port = self.ports.get(METRICS_PORT.get(self.name, ""))
+        port = self.ports.get(METRICS_PORT.get(self.service, ""))
         return f"{self.host}:{port}" if port else ""
 
 
@@ -218,10 +243,16 @@ class Supervisor:
         self.pinned = check_pinned(base, self.host, services)
         self.services = []
         for name in services:
-            service = Service(name, dict(base), self.home / "logs" / f"{name}.log", host=self.host)
-            self.services.append(service)
-            for setting in service_ports(name):
-                self._assign(service, setting, self.pinned.get(setting) or self._free_port())
+            workers = getattr(settings, WORKERS_SETTING.get(name, ""), 1)
+            for index, worker in enumerate(worker_names(name, workers)):
+                env = dict(base) | ({"WORKER_NAME": worker} if workers > 1 else {})
+                service = Service(
+                    worker, env, self.home / "logs" / f"{worker}.log", host=self.host, service=name
+                )
+                self.services.append(service)
+                for setting in service_ports(name):
+                    pinned = self.pinned.get(setting) if index == 0 else None  # pinned: the first's
+                    self._assign(service, setting, pinned or self._free_port())
 
     def _taken(self) -> set[int]:
         return {port for service in self.services for port in service.ports.values()} | set(
@@ -243,7 +274,8 @@ class Supervisor:
     def _replace_taken_ports(self, service: Service) -> None:
         """Before a restart: an unpinned port another process took meanwhile gets a new free one."""
         for setting, port in list(service.ports.items()):
-            if setting not in self.pinned and not port_is_free(port, self.host):
+            pinned = self.pinned.get(setting) == port
+            if not pinned and not port_is_free(port, self.host):
                 self._assign(service, setting, new := self._free_port())
                 log.warning("%s: %s %d was taken; now %d", service.name, setting, port, new)
 
@@ -259,7 +291,7 @@ class Supervisor:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start {service.name}\n".encode())
             out.flush()
             service.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", service.name],
+                [sys.executable, "-m", "stream.cli", service.service],
                 env=service.env,
                 cwd=self.home,
                 stdin=subprocess.DEVNULL,
@@ -323,10 +355,11 @@ class Supervisor:
             "supervisor": os.getpid(),
             "services": {
                 s.name: {
+                    "service": s.service,
                     "pid": s.proc.pid if s.proc else None,
                     "restarts": s.restarts,
                     "ports": s.ports,
-                    "pinned": sorted(set(s.ports) & set(self.pinned)),
+                    "pinned": sorted(k for k, v in s.ports.items() if self.pinned.get(k) == v),
                     "metrics": s.metrics,
                     "last_error": s.last_error,
                     "log": str(s.log_path),
@@ -337,8 +370,14 @@ class Supervisor:
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, self.state_path)
-        write_targets(self.home, {s.name: s.metrics for s in self.services})
-        write_stack_env_ports(self.home, {k: v for s in self.services for k, v in s.ports.items()})
+        write_targets(
+            self.home, {s.name: s.metrics for s in self.services}, {s.name: s.service for s in self.services}
+        )
+        first: dict[str, int] = {}  # of several workers, the first's ports: any of them routes a user
+        for s in self.services:
+            for setting, port in s.ports.items():
+                first.setdefault(setting, port)
+        write_stack_env_ports(self.home, first)
 
 
 def read_state(home: Path, *, alive_only: bool = True) -> dict:
@@ -356,6 +395,7 @@ def services_status(home: Path, names: tuple[str, ...] | None = None) -> dict[st
     recorded = read_state(home).get("services", {})
     return {
         name: {
+            "service": info.get("service", name),
             "pid": info.get("pid") if pid_alive(info.get("pid")) else None,
             "restarts": info.get("restarts", 0),
             "ports": info.get("ports", {}),
@@ -390,7 +430,7 @@ def stop_running(home: Path, timeout_s: float = 60.0) -> bool:
             time.sleep(0.1)
         stopped = True
     for name, service in state.get("services", {}).items():
-        if pid_alive(service.get("pid")) and _is_service(service["pid"], name):
+        if pid_alive(service.get("pid")) and _is_service(service["pid"], service.get("service", name)):
             stop_pid(service["pid"])
             stopped = True
     (home / "run" / "services.json").unlink(missing_ok=True)

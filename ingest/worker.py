@@ -11,6 +11,7 @@ then acks the records and commits their offsets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -285,6 +286,8 @@ class IngestWorker:
                 self.batches.pop(tp.partition, None)
                 self.events.pop(tp.partition, None)
                 self.markers.pop(tp.partition, None)
+            with contextlib.suppress(KeyError):  # its lag is the new owner's to report now
+                LAG.remove(str(tp.partition))
 
 
 def run(settings: Settings) -> None:

@@ -27,6 +27,8 @@ def create_app(
 
     bootstrap = settings.require("kafka_bootstrap")
     datadir = settings.home / "faust" / name
+    if settings.worker_name:  # several workers of one app on one machine: a data dir each
+        datadir = datadir / settings.worker_name
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     options: dict[str, Any] = {
         "broker": [f"{SCHEME}://{server}" for server in bootstrap.split(",")],
@@ -46,7 +48,47 @@ def create_app(
     app = faust.App(f"recstream-{name}", **options)
     # Read by stream.faust_transport when the worker's consumer is built.
     app.fetch_max_wait_ms = fetch_max_wait_ms or settings.kafka_fetch_max_wait_ms
+    export_partitions(app, settings.transactions_topic)
     return app
+
+
+PARTITION_EXPORT_S = 2.0
+
+
+def export_partitions(app: faust.App, topic: str) -> None:
+    """Export which partitions of `topic` this worker owns and its lag on each, for `recstream
+    status` to show every worker of a group (`recstream_worker_partition_lag`, NaN until known)."""
+    from prometheus_client import Gauge
+
+    global _PARTITION_LAG
+    if _PARTITION_LAG is None:  # one per process: the metrics registry is global
+        _PARTITION_LAG = Gauge(
+            "recstream_worker_partition_lag",
+            "Records of an owned partition past this worker's committed offset",
+            ["topic", "partition"],
+        )
+    gauge = _PARTITION_LAG
+
+    exported: set[tuple[str, str]] = set()
+
+    async def export() -> None:
+        consumer = app.consumer
+        owned = {tp for tp in consumer.assignment() if tp.topic == topic}
+        for tp in owned:
+            highwater = consumer.highwater(tp)
+            committed = consumer._committed_offset.get(tp)  # Faust's record; no public accessor
+            lag = float("nan") if highwater is None else max(highwater - (committed or 0), 0)
+            gauge.labels(tp.topic, str(tp.partition)).set(lag)
+        labels = {(tp.topic, str(tp.partition)) for tp in owned}
+        for gone in exported - labels:  # removed, not cleared first: a scrape never sees none
+            gauge.remove(*gone)
+        exported.clear()
+        exported.update(labels)
+
+    app.timer(interval=PARTITION_EXPORT_S)(export)
+
+
+_PARTITION_LAG: Any = None
 
 
 def run_worker(app: faust.App, settings: Settings) -> None:

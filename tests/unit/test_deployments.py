@@ -599,3 +599,19 @@ def test_dockerfile_runs_recstream_as_non_root():
 def test_dockerignore_keeps_secrets_and_local_state_out():
     lines = set((ROOT / ".dockerignore").read_text(encoding="utf-8").split())
     assert {".git", ".venv", ".recstream", "**/.env"} <= lines
+
+
+def test_scaled_services_stay_within_the_partitions(k8s_objects, settings_configmap):
+    # A consumer-group member beyond the partition count owns nothing: replicas and the HPA's
+    # ceiling stay at most TOPIC_PARTITIONS, and the HPAs scale only the group services.
+    partitions = int(settings_configmap["TOPIC_PARTITIONS"])
+    deployments = {o["metadata"]["name"]: o for o in k8s_objects if o["kind"] == "Deployment"}
+    for name in ("ingest", "scorer"):
+        assert 1 <= deployments[name]["spec"]["replicas"] <= partitions, name
+    hpas = [o for o in k8s_objects if o["kind"] == "HorizontalPodAutoscaler"]
+    assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas} == {"ingest", "scorer"}
+    for hpa in hpas:
+        target = hpa["spec"]["scaleTargetRef"]
+        assert target["kind"] == "Deployment" and target["name"] in deployments
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] <= partitions
+        assert hpa["spec"]["metrics"], hpa["metadata"]["name"]

@@ -216,3 +216,62 @@ def test_last_error_prefers_the_cli_line_of_the_latest_run(tmp_path: Path) -> No
     )
     assert last_error(log, "ingest") == "OSError: boom"
     assert last_error(tmp_path / "missing.log", "ingest") == ""
+
+
+def test_workers_settings_start_that_many_workers_each_with_its_own_ports_and_data_dir(
+    tmp_path: Path,
+) -> None:
+    settings = dataclasses.replace(_settings(tmp_path), ingest_workers=2, scorer_workers=3)
+    pinned = free_port()
+    supervisor = Supervisor(settings, env={"SCORER_HTTP_PORT": str(pinned)})
+    by_name = {s.name: s for s in supervisor.services}
+    assert list(by_name) == [
+        "ingest-1",
+        "ingest-2",
+        "updater",
+        "scheduler",
+        "scorer-1",
+        "scorer-2",
+        "scorer-3",
+    ]
+    assert {s.service for s in supervisor.services if s.name.startswith("scorer")} == {"scorer"}
+    assert [by_name[f"scorer-{i}"].env.get("WORKER_NAME") for i in (1, 2, 3)] == [
+        "scorer-1",
+        "scorer-2",
+        "scorer-3",
+    ]
+    assert "WORKER_NAME" not in by_name["updater"].env  # a service of one worker keeps its plain data dir
+    ports = [port for s in supervisor.services for port in s.ports.values()]
+    assert len(ports) == len(set(ports))  # every worker its own metrics and HTTP port
+    assert by_name["scorer-1"].ports["SCORER_HTTP_PORT"] == pinned  # a pinned port goes to the first
+    assert by_name["ingest-2"].log_path.name == "ingest-2.log"
+    supervisor._save()
+    state = json.loads((tmp_path / "run" / "services.json").read_text())["services"]
+    assert state["ingest-2"]["service"] == "ingest" and state["scorer-1"]["pinned"] == ["SCORER_HTTP_PORT"]
+    assert state["scorer-2"]["pinned"] == []
+    targets = json.loads((tmp_path / "prometheus" / "targets.json").read_text())
+    assert {(t["labels"]["job"], t["labels"].get("worker")) for t in targets} >= {("ingest", "ingest-2")}
+
+
+def test_status_shows_each_worker_with_its_partitions_and_lag_and_sums_the_service() -> None:
+    one = observe.parse_metrics(
+        'recstream_ingest_events_total{result="valid"} 10.0\n'
+        'recstream_worker_partition_lag{topic="transactions",partition="0"} 3.0\n'
+        'recstream_worker_partition_lag{topic="transactions",partition="1"} NaN\n'
+    )
+    two = observe.parse_metrics(
+        'recstream_ingest_events_total{result="valid"} 5.0\n'
+        'recstream_worker_partition_lag{topic="transactions",partition="2"} 0.0\n'
+    )
+    merged = observe.merge([one, two])
+    assert observe.total(merged, "recstream_ingest_events_total") == 15.0
+    assert observe.partitions(one) == {0: 3.0, 1: None} and observe.partitions(two) == {2: 0.0}
+    snap = observe.Snapshot(at=1.0)
+    snap.services = {"ingest": {"pid": 1, "restarts": 0, "metrics": True, "workers": 2}}
+    snap.workers = {
+        "ingest-1": {"service": "ingest", "pid": 1, "metrics": True, "partitions": observe.partitions(one)},
+        "ingest-2": {"service": "ingest", "pid": 2, "metrics": True, "partitions": observe.partitions(two)},
+    }
+    shown = observe.figures(snap)
+    assert shown["services"] == "ingest up x2"
+    assert shown["workers"] == "ingest-1 p0 lag 3, p1 lag ?; ingest-2 p2 lag 0"
