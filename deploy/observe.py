@@ -45,6 +45,13 @@ class Snapshot:
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)  # registry: version -> status, HR@10
     active_version: int | None = None
     versions_activated: int = 0  # distinct versions ever activated
+    # Each worker (several per service with INGEST_WORKERS / SCORER_WORKERS): its service, pid, and
+    # the partitions of `transactions` it owns -> its lag there (None until known).
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Freshness: the served version's staleness (now - newest event it learnt from), and per
+    # activation [activated at, newest event the version learnt from] (registry events).
+    staleness_s: float | None = None
+    activations: list[list[float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,16 +101,66 @@ def metrics_endpoints(services: dict[str, dict[str, Any]]) -> dict[str, str]:
     return {name: service.get("metrics") or "" for name, service in services.items()}
 
 
+def merge(pages: list[Samples]) -> Samples:
+    """The metrics of several workers of one service as one: equal label sets summed (counters,
+    histograms; gauges of disjoint partitions), except per-worker statistics, whose largest is kept."""
+    merged: dict[str, dict[tuple, tuple[dict[str, str], float]]] = defaultdict(dict)
+    for page in pages:
+        for name, samples in page.items():
+            for labels, value in samples:
+                key = tuple(sorted(labels.items()))
+                if key in merged[name]:
+                    before = merged[name][key][1]
+                    value = max(before, value) if name in LARGEST_OF_WORKERS else before + value
+                merged[name][key] = (labels, value)
+    return {name: list(by_labels.values()) for name, by_labels in merged.items()}
+
+
+LARGEST_OF_WORKERS = {
+    "recstream_drift_statistic",
+    "recstream_drift_online_hit_rate",
+    "recstream_scorer_model_version",
+}
+
+
+def partitions(samples: Samples) -> dict[int, float | None]:
+    """A worker's owned partitions of `transactions` -> its lag there (None: not known yet)."""
+    return {
+        int(lbl["partition"]): None if math.isnan(v) else v
+        for lbl, v in samples.get("recstream_worker_partition_lag", [])
+        if "partition" in lbl
+    }
+
+
 def snapshot(settings: Settings, *, registry: Any = None) -> Snapshot:
     from deploy.supervisor import SERVICES, services_status
 
     services = services_status(settings.home, SERVICES)
+    workers = services_status(settings.home)  # every worker the supervisor recorded
     snap = Snapshot(at=time.time())
-    scraped = {
-        name: scrape(endpoint) if endpoint else {} for name, endpoint in metrics_endpoints(services).items()
+    by_worker = {
+        name: scrape(endpoint) if endpoint else {} for name, endpoint in metrics_endpoints(workers).items()
     }
-    for name, samples in scraped.items():  # as `status` shows it, "metrics": whether it answered
-        snap.services[name] = {**services[name], "metrics": bool(samples)}
+    scraped: dict[str, Samples] = {}
+    for name in SERVICES:
+        mine = [w for w, info in workers.items() if info["service"] == name]
+        scraped[name] = merge([by_worker[w] for w in mine])
+        alive = [workers[w] for w in mine if workers[w]["pid"]]
+        first = (alive or [workers[w] for w in mine] or [services[name]])[0]
+        snap.services[name] = {  # as `status` shows it, "metrics": whether any worker answered
+            **first,
+            "restarts": sum(workers[w]["restarts"] for w in mine),
+            "workers": len(mine),
+            "metrics": any(by_worker[w] for w in mine),
+        }
+    for name, info in workers.items():
+        owned = partitions(by_worker[name])
+        snap.workers[name] = {
+            "service": info["service"],
+            "pid": info["pid"],
+            "metrics": bool(by_worker[name]),
+            "partitions": owned,
+        }
     ingest, scorer = scraped["ingest"], scraped["scorer"]
     snap.events_in = total(ingest, "recstream_ingest_events_total")
     snap.events_ingested = total(ingest, "recstream_ingest_rows_written_total")
@@ -124,6 +181,8 @@ def snapshot(settings: Settings, *, registry: Any = None) -> Snapshot:
         statistic = lbl.get("statistic", "?")
         snap.drift_alerts_by[statistic] = snap.drift_alerts_by.get(statistic, 0.0) + v
     snap.retrain_runs = total(scraped["scheduler"], "recstream_scheduler_runs_total")
+    if stale := scraped["updater"].get("recstream_updater_served_staleness_seconds"):
+        snap.staleness_s = max(v for _, v in stale)
     _registry(settings, snap, registry)
     return snap
 
@@ -149,6 +208,14 @@ def _registry(settings: Settings, snap: Snapshot, registry: Any) -> None:
     for version, status in sorted(state.status.items()):
         metrics = state.metrics.get(version, {})
         snap.versions[str(version)] = {"status": status, "hr@10": metrics.get("hr@10", metrics.get("hr"))}
+    newest = {e.version: e.metrics.get("newest_event_ts") for e in state.events if e.event == "activated"}
+    snap.activations = [
+        [e.ts, float(newest[e.version])]
+        for e in state.events
+        if e.event == "activated" and isinstance(newest.get(e.version), int | float)
+    ]
+    if snap.staleness_s is None and isinstance(newest.get(state.active), int | float):
+        snap.staleness_s = max(snap.at - float(newest[state.active]), 0.0)  # the updater is not scraped
 
 
 def rates(before: Snapshot, after: Snapshot) -> dict[str, float]:
@@ -173,6 +240,7 @@ def figures(snap: Snapshot, rates: dict[str, float] | None = None) -> dict[str, 
     by_status = versions_by_status(snap)
     services = ", ".join(
         f"{name} {'up' if info['pid'] or info['metrics'] else 'DOWN'}"
+        + (f" x{info['workers']}" if info.get("workers", 1) > 1 else "")
         + (f" ({info['restarts']} restarts)" if info["restarts"] else "")
         for name, info in snap.services.items()
     )
@@ -182,8 +250,21 @@ def figures(snap: Snapshot, rates: dict[str, float] | None = None) -> dict[str, 
         f"{status} {', '.join(map(str, sorted(versions)))}" for status, versions in sorted(by_status.items())
     )
     active = snap.versions.get(str(snap.active_version), {})
+    workers = "; ".join(
+        f"{name} "
+        + (
+            ", ".join(
+                f"p{p} lag {'?' if lag is None else f'{lag:,.0f}'}"
+                for p, lag in sorted(info["partitions"].items())
+            )
+            or ("no partitions" if info["metrics"] else "-")
+        )
+        for name, info in snap.workers.items()
+        if info["service"] in ("ingest", "scorer")
+    )
     return {
         "services": services,
+        "workers": workers or "-",
         "events": f"{rates.get('events_per_s', 0):,.0f}/s in, {snap.events_in:,.0f} consumed, "
         f"{snap.dead_letters:,.0f} dead letters",
         "ingested": f"{snap.events_ingested:,.0f} rows, lag {snap.lag if snap.lag is not None else '-'}",
@@ -195,4 +276,48 @@ def figures(snap: Snapshot, rates: dict[str, float] | None = None) -> dict[str, 
         f"({snap.request_errors:,.0f} errors), p99 {p99}",
         "online hit rate": hit,
         "drift alerts": f"{snap.drift_alerts:,.0f}",
+        "freshness": (
+            f"served model {snap.staleness_s:,.0f}s behind the newest purchase it learnt from"
+            if snap.staleness_s is not None
+            else "-"
+        )
+        + (
+            f"; last activation {snap.activations[-1][0] - snap.activations[-1][1]:,.0f}s after "
+            "its newest purchase"
+            if snap.activations
+            else ""
+        ),
     }
+
+
+def median_purchase_to_served(activations: list[list[float]], purchases: list[float]) -> float | None:
+    """Median seconds from a purchase (its event time) to the activation of the first version that
+    learnt from it, over the purchases some activated version learnt from (None: none did).
+
+    `activations`: [activated at, newest event time the version learnt from] (Snapshot.activations).
+    """
+    import numpy as np
+
+    if not activations or not purchases:
+        return None
+    ordered = np.asarray(sorted(activations), dtype=np.float64)
+    covered = np.maximum.accumulate(ordered[:, 1])  # newest purchase served by each activation on
+    ts = np.asarray(purchases, dtype=np.float64)
+    first = np.searchsorted(covered, ts, side="left")  # first activation that learnt from it
+    served = first < len(ordered)
+    if not served.any():
+        return None
+    return round(float(np.median(ordered[first[served], 0] - ts[served])), 3)
+
+
+def purchase_times(settings: Settings) -> list[float]:
+    """Event times of every landed purchase (for `median_purchase_to_served`; [] when unreadable)."""
+    from ingest.reader import read_transactions
+    from stream.storage import make_client
+
+    try:
+        frame = read_transactions(make_client(settings), settings.data_bucket, columns=["ts"])
+    except Exception as exc:  # the summary still has everything else
+        log.warning("purchase times unreadable: %s", exc)
+        return []
+    return frame["ts"].tolist()

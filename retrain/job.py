@@ -104,19 +104,25 @@ def read_window(settings: Settings, now: float | None = None) -> tuple[pd.DataFr
 
     end = now if now is not None else time.time()
     start = end - settings.retrain_window_s if settings.retrain_window_s else None
+    client = make_client(settings)
     frame = read_transactions(
-        make_client(settings),
+        client,
         settings.data_bucket,
         start=start,
         end=None,
-        columns=["user_id", "item_id", "ts", "offset"],
+        columns=["user_id", "item_id", "ts", "offset", "partition"],
     )
+    from retrain.lineage import data_lineage  # the records' Kafka coordinates, for metadata.json
+
+    records = data_lineage(client, settings.data_bucket, settings.transactions_topic, frame)
+    frame = frame.drop(columns="partition")
     window = {
         "start": start,
         "end": end,
         "first_ts": float(frame["ts"].min()) if len(frame) else None,
         "last_ts": float(frame["ts"].max()) if len(frame) else None,
         "events": len(frame),
+        "lineage": records,  # moved to metadata.json "lineage" by retrain.lineage.attach
     }
     return frame, window
 
@@ -124,8 +130,9 @@ def read_window(settings: Settings, now: float | None = None) -> tuple[pd.DataFr
 def recency_plan(settings: Settings, window: dict[str, Any], drift_from: float | None) -> dict[str, Any]:
     """How the run weighs its data and where the gate's recent holdout starts (JSON, in the window).
 
-    `drift_from`: the start of the drift alert's window that triggered the run, if any; the
-    regime to serve starts there, so the recent holdout does not reach back before it.
+    `drift_from`: where the concept drift behind the run started, in event time (the purchases'
+    `ts`, like `window`'s), if any; the regime to serve starts there, so the recent holdout does
+    not reach back before it.
     """
     last = window.get("last_ts")
     recent_from = None
@@ -193,6 +200,9 @@ def train_candidate(
     evalsets = {"recent": evaluation_set(train, recent), "whole": evaluation_set(train, holdout.test)}
     prepared_at = time.monotonic()
     params = params if params is not None else model.Params()
+    from retrain.lineage import deterministic_training, training_lineage
+
+    determinism = deterministic_training()
     trained = model.train(train, params, parent=parent_model, progress=progress, recency=recency)
     trained_at = time.monotonic()
     popularity = Popularity().fit(train)
@@ -232,6 +242,7 @@ def train_candidate(
         "parameters": params.as_dict(),
         "reference": reference_distributions(train),
         "holdouts": holdouts,
+        "lineage": {**training_lineage(), "determinism": determinism},
     }
     return Candidate(metrics, parent[0] if parent else None, seconds, summary, trained)
 
@@ -295,7 +306,9 @@ def reference_distributions(train: Interactions) -> dict[str, Any]:
 
 
 def metadata(settings: Settings, candidate: Candidate, version: int) -> dict[str, Any]:
-    return {
+    from retrain.lineage import attach
+
+    meta = {
         "model": settings.model_name,
         "version": version,
         "created": time.time(),
@@ -304,6 +317,7 @@ def metadata(settings: Settings, candidate: Candidate, version: int) -> dict[str
         "seconds": dict(candidate.seconds),
         **candidate.summary,
     }
+    return attach(meta)  # the window's and the training's lineage joined in "lineage"
 
 
 def load_active(registry: ModelRegistry, workdir: Path) -> tuple[int, Any] | None:
@@ -352,9 +366,12 @@ def publish(
     workdir: Path,
     exported: Exported | None = None,
     announcing: Callable[[Outcome], None] | None = None,
+    not_served: str | None = None,
 ) -> Outcome:
     """Step 3 (publish): gate; upload as the next version and announce `published`, or announce
-    `rejected` with the reason. `announcing` gets the outcome just before it is announced."""
+    `rejected` with the reason. `announcing` gets the outcome just before it is announced.
+    `not_served`: a version for the record only (a rebuild), uploaded when it passes the gate
+    but announced `rejected` with this reason, so that no updater serves it."""
     from stream.producer import EventProducer
 
     reason = gate(candidate.metrics, settings.gate_tolerance)
@@ -369,11 +386,17 @@ def publish(
             directory = export_candidate(settings, candidate, version, workdir, exported)
             registry.upload_version(directory, version)
             candidate.seconds["export"] = round(time.monotonic() - started, 2)
-            event = ModelEvent(PUBLISHED, settings.model_name, version, flat)
-            outcome = Outcome(PUBLISHED, version, candidate.metrics, None, candidate.seconds)
+            if not_served is None:
+                event = ModelEvent(PUBLISHED, settings.model_name, version, flat)
+            else:
+                event = ModelEvent(REJECTED, settings.model_name, version, flat, reason=not_served)
+            outcome = Outcome(event.event, version, candidate.metrics, event.reason, candidate.seconds)
         if announcing is not None:
             announcing(outcome)
-        registry.announce(event, producer, settings.model_updates_topic)
+        from retrain.lineage import for_event, of_candidate
+
+        lineage = for_event(of_candidate(candidate.summary, candidate.parent))
+        registry.announce(event, producer, settings.model_updates_topic, lineage=lineage)
     return outcome
 
 
@@ -381,8 +404,9 @@ def retrain_once(
     settings: Settings, progress: Progress | None = None, params: Any = None, drift_from: float | None = None
 ) -> Outcome:
     """One retrain now (`params`: retrain.cf_model.Params, default ones when None): the three
-    steps in this process. `drift_from`: the start of the drift alert's window that triggered
-    it (the purchases since then weigh at least RETRAIN_DRIFT_SHARE, and the gate judges them).
+    steps in this process. `drift_from`: the event-time start of the concept drift that
+    triggered it (the purchases since then weigh at least RETRAIN_DRIFT_SHARE, and the gate
+    judges them).
 
     Raises NotEnoughData when the window is too small to train and judge a model.
     """

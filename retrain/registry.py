@@ -87,9 +87,13 @@ class RegistryState:
     status: dict[int, str] = field(default_factory=dict)
     metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
     events: list[ModelEvent] = field(default_factory=list)
+    # version -> the lineage its `published` / `rejected` event object carries (retrain/lineage.py)
+    lineage: dict[int, dict[str, Any]] = field(default_factory=dict)
 
-    def apply(self, event: ModelEvent) -> None:
+    def apply(self, event: ModelEvent, lineage: dict[str, Any] | None = None) -> None:
         self.events.append(event)
+        if lineage is not None and event.event in (PUBLISHED, REJECTED):
+            self.lineage.setdefault(event.version, lineage)
         if event.event == PUBLISHED:
             self.status[event.version] = PUBLISHED
             self.metrics[event.version] = event.metrics
@@ -130,21 +134,39 @@ class ModelRegistry:
     def __init__(self, client: Minio, bucket: str, model: str) -> None:
         self.client, self.bucket, self.model = client, bucket, model
         self._events: dict[str, ModelEvent | None] = {}  # event objects are never rewritten: read once
+        self._lineage: dict[str, dict[str, Any]] = {}  # event object -> the lineage it carries
 
     # -- events ------------------------------------------------------------------------------
-    def record(self, event: ModelEvent) -> None:
-        """Append the event to the log, then refresh registry.json."""
+    def record(self, event: ModelEvent, lineage: dict[str, Any] | None = None) -> None:
+        """Append the event to the log, then refresh registry.json.
+
+        `lineage` (retrain/lineage.py) goes into the event object beside the event's fields (the
+        `model-updates` record stays the contract's); readers of the event ignore it.
+        """
         name = f"{self.model}/_events/{time.time_ns():020d}-{event.version:010d}-{event.event}.json"
-        self._put(name, event.to_json(), "application/json")
+        body = event.to_json()
+        if lineage is not None:
+            body = json.dumps({**event.to_dict(), "lineage": lineage}, separators=(",", ":")).encode()
+            if len(body) > MAX_EVENT_BYTES:  # never make the event unreadable: drop the lineage
+                log.warning("lineage of version %d too large for its event object: left out", event.version)
+                body = event.to_json()
+        self._put(name, body, "application/json")
         state = self.state()
         self._put(
             f"{self.model}/registry.json", json.dumps(state.to_dict(), indent=1).encode(), "application/json"
         )
 
-    def announce(self, event: ModelEvent, producer: EventProducer, topic: str) -> None:
-        """Record the event, then publish it on `model-updates` (so a reader of the topic always
-        finds the registry at least as new as the event), and wait for delivery."""
-        self.record(event)
+    def announce(
+        self,
+        event: ModelEvent,
+        producer: EventProducer,
+        topic: str,
+        lineage: dict[str, Any] | None = None,
+    ) -> None:
+        """Record the event (with `lineage` in the registry's object), then publish it on
+        `model-updates` (so a reader of the topic always finds the registry at least as new as the
+        event), and wait for delivery."""
+        self.record(event, lineage)
         producer.send(topic, event.to_json(), key=event.model)
         producer.flush()
         log.info(
@@ -165,7 +187,7 @@ class ModelRegistry:
             if name not in self._events:
                 self._events[name] = self._read_event(name)
             if (event := self._events[name]) is not None:
-                state.apply(event)
+                state.apply(event, self._lineage.get(name))
         return state
 
     def _read_event(self, name: str) -> ModelEvent | None:
@@ -177,7 +199,9 @@ class ModelRegistry:
             data, reason = None, exc.reason
         if data is not None:
             try:
-                return parse_model_event(data)
+                event = parse_model_event(data)
+                self._remember_lineage(name, data)
+                return event
             except InvalidMessage as exc:
                 reason = exc.reason
             except Exception as exc:  # a parser bug must not wedge the registry either
@@ -186,6 +210,12 @@ class ModelRegistry:
         log.warning("registry: ignoring unreadable event %s (%s)", name, reason)
         INVALID_EVENTS.labels(self.model).inc()
         return None
+
+    def _remember_lineage(self, name: str, data: bytes) -> None:
+        """Keep the lineage an event object carries (the event itself is already validated)."""
+        found = json.loads(data).get("lineage")
+        if isinstance(found, dict):
+            self._lineage[name] = found
 
     # -- versions ----------------------------------------------------------------------------
     def prefix(self, version: int) -> str:
@@ -256,3 +286,122 @@ class ModelRegistry:
         finally:
             response.close()
             response.release_conn()
+
+
+# -- history (`recstream versions`) ----------------------------------------------------------------
+def newest_event_ts(meta: dict[str, Any]) -> float | None:
+    """The event time of the newest record a version learnt from (its data's freshness)."""
+    lineage = meta.get("lineage") if isinstance(meta.get("lineage"), dict) else {}
+    window = meta.get("window") if isinstance(meta.get("window"), dict) else {}
+    value = lineage.get("newest_event_ts", window.get("last_ts"))
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _figures(meta: dict[str, Any] | None, flat: dict[str, Any]) -> dict[str, Any]:
+    """HR@10 of the version, popularity and its parent on the same (the gate's) holdout."""
+    metrics = (meta or {}).get("metrics") or {}
+    if metrics.get("candidate"):
+        k = metrics["candidate"].get("k", 10)
+        pick = {"candidate": f"hr@{k}", "popularity": f"popularity_hr@{k}", "active": f"parent_hr@{k}"}
+        figures = {name: metrics[key]["hr"] for key, name in pick.items() if key in metrics}
+        figures[f"ndcg@{k}"] = metrics["candidate"].get("ndcg")
+        figures["holdout_users"] = metrics["candidate"].get("users")
+        return figures
+    renamed = {"active_hr@10": "parent_hr@10"}
+    keep = ("hr@10", "ndcg@10", "popularity_hr@10", "active_hr@10", "holdout_users")
+    return {renamed.get(key, key): flat[key] for key in keep if key in flat}
+
+
+def version_history(registry: ModelRegistry) -> list[dict[str, Any]]:
+    """Every version of the registry, oldest first: when it was made, its data window and offsets,
+    HR@10 against popularity and its parent on the same holdout, status (with the reason of a
+    rejection or rollback), activations and their freshness, and its lineage.
+
+    Reads the registry only: its event objects and each exported version's metadata.json.
+    """
+    state = registry.state()
+    exported = set(state.published())
+    history = []
+    for version in sorted(state.status):
+        events = [e for e in state.events if e.version == version]
+        meta: dict[str, Any] | None = None
+        if version in exported:
+            try:
+                meta = registry.metadata(version)
+            except Exception as exc:  # a version directory removed by hand: the events still tell
+                log.warning("version %d: metadata.json unreadable (%s)", version, exc)
+        published = next((e for e in events if e.event == PUBLISHED), None)
+        rejected = [e for e in events if e.event == REJECTED]
+        rolled = [e for e in events if e.event == ROLLED_BACK]
+        status = state.status[version]
+        reason = None
+        if status == REJECTED and rejected:
+            reason = rejected[-1].reason
+        elif status == ROLLED_BACK and rolled:
+            reason = f"rolled back to version {rolled[-1].to}"
+        lineage = (meta or {}).get("lineage") or state.lineage.get(version)
+        newest = newest_event_ts(meta) if meta else (lineage or {}).get("newest_event_ts")
+        activations = [
+            {
+                "at": e.ts,
+                "event_to_activation_s": round(e.ts - newest, 3) if newest is not None else None,
+            }
+            for e in state.events
+            if (e.event == ACTIVATED and e.version == version) or (e.event == ROLLED_BACK and e.to == version)
+        ]
+        window = {k: v for k, v in ((meta or {}).get("window") or {}).items() if k != "recency"}
+        history.append(
+            {
+                "version": version,
+                "status": status,
+                "reason": reason,
+                "created": (meta or {}).get("created", events[0].ts if events else None),
+                "window": window or None,
+                "offsets": (lineage or {}).get("partitions"),
+                "hr@10": _figures(meta, (published or (rejected[0] if rejected else events[0])).metrics),
+                "parent_version": (meta or {}).get("parent_version", (lineage or {}).get("parent_version")),
+                "newest_event_ts": newest,
+                "activations": activations,
+                "lineage": lineage,
+            }
+        )
+    return history
+
+
+def format_history(history: list[dict[str, Any]]) -> list[str]:
+    """`recstream versions` as text: one line per version, a second for its offsets and code."""
+
+    def when(ts: float | None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) if ts else "-"
+
+    def hr(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, int | float) else "-"
+
+    lines = []
+    for row in history:
+        figures, window = row["hr@10"], row["window"] or {}
+        status = row["status"] + (f" ({row['reason']})" if row["reason"] else "")
+        span = f"{when(window.get('first_ts'))}..{when(window.get('last_ts'))}"
+        events = f"{window.get('events') or 0:,} events {span}"
+        lines.append(
+            f"v{row['version']:<4} {when(row['created'])}  {status}  "
+            f"HR@10 {hr(figures.get('hr@10'))} vs popularity {hr(figures.get('popularity_hr@10'))}, "
+            f"parent v{row['parent_version'] if row['parent_version'] is not None else '-'} "
+            f"{hr(figures.get('parent_hr@10'))}" + (f"; {events}" if window.get("events") is not None else "")
+        )
+        lineage = row["lineage"] or {}
+        if row["offsets"]:
+            ranges = "; ".join(
+                f"p{p} " + ",".join(f"{a}-{b}" for a, b in runs[:3]) + (" ..." if len(runs) > 3 else "")
+                for p, runs in sorted(row["offsets"].items(), key=lambda item: int(item[0]))
+            )
+            code = lineage.get("code") or {}
+            commit = (code.get("commit") or "no commit")[:12] + ("+dirty" if code.get("dirty") else "")
+            objects = lineage.get("objects") or {}
+            lines.append(
+                f"      {lineage.get('topic')} {ranges}  ({objects.get('count')} objects "
+                f"{str(objects.get('sha256', ''))[:19]}, recstream {code.get('recstream')} {commit}"
+                + (f", rebuild of v{lineage['rebuild_of']}" if lineage.get("rebuild_of") else "")
+                + ")"
+            )
+    return lines

@@ -122,7 +122,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="the pipeline run whose steps hand over through the object store (with --step)",
     )
+    retrain.add_argument(
+        "--drift-from",
+        type=_arg(positive_float),
+        metavar="TS",
+        help="a concept drift started at this event time (epoch seconds, the purchases' ts): weigh "
+        "the purchases since then at least RETRAIN_DRIFT_SHARE and gate on them, as the scheduler "
+        "does after a concept alert (one-shot or --step data; the later steps follow the data's)",
+    )
+    retrain.add_argument(
+        "--rebuild",
+        type=_arg(positive_int),
+        metavar="VERSION",
+        help="train again from exactly that version's records, window, parent and parameters into a "
+        "new version, and show both versions' metrics side by side",
+    )
     retrain.set_defaults(func=cmd_retrain, usage_error=retrain.error)
+
+    versions = sub.add_parser("versions", help="every version: window, offsets, metrics, status, lineage")
+    versions.add_argument("--json", action="store_true", help="print JSON (one object per version)")
+    versions.set_defaults(func=cmd_versions)
 
     scheduler = sub.add_parser(
         "scheduler", help="run the retrain loop: every RETRAIN_INTERVAL_S and on drift alerts"
@@ -431,6 +450,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         args.usage_error("--step needs --run-id (the pipeline run the steps share)")
     if args.run_id is not None and args.step is None:
         args.usage_error("--run-id needs --step (data, train or publish)")
+    if args.drift_from is not None and args.step not in (None, "data"):
+        args.usage_error("--drift-from goes with one-shot retrain or --step data (the later steps follow it)")
+    if args.rebuild is not None and (args.step is not None or args.drift_from is not None):
+        args.usage_error("--rebuild goes alone: it reuses the version's own window, drift and parameters")
     settings = _settings(args)
     if args.step in (None, "publish"):  # the steps before publish announce nothing
         settings.require("kafka_bootstrap")
@@ -462,7 +485,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         from retrain.steps import data_step
 
         console.print(f"run {args.run_id}: reading the landed transactions", highlight=False)
-        data = data_step(settings, args.run_id)
+        data = data_step(settings, args.run_id, drift_from=args.drift_from)
         print(
             f"data of run {data.run_id}: {data.window['events']:,} events, {data.train_events:,} to train "
             f"on, {data.holdout_users:,} held-out users ({timing(data.seconds)}) in {data.where}"
@@ -480,6 +503,30 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             f"stamped version {trained.provisional_version} (publish re-exports it if that number is taken)"
         )
         return 0
+    if args.rebuild is not None:
+        from retrain.lineage import REBUILD_OF, rebuild
+
+        rebuilt = rebuild(settings, args.rebuild, progress=progress)
+        outcome, old, new = rebuilt.outcome, rebuilt.original, rebuilt.outcome.version
+        table = Table(title=f"{settings.model_name}: version {old} and its rebuild, version {new}")
+        table.add_column("model")
+        for column in (f"v{old} HR@10", f"v{new} HR@10", f"v{old} NDCG@10", f"v{new} NDCG@10", "users"):
+            table.add_column(column, justify="right")
+        for name, values in outcome.metrics.items():
+            before = rebuilt.original_metrics.get(name) or {}
+            table.add_row(
+                name,
+                f"{before['hr']:.4f}" if "hr" in before else "-",
+                f"{values['hr']:.4f}",
+                f"{before['ndcg']:.4f}" if "ndcg" in before else "-",
+                f"{values['ndcg']:.4f}",
+                f"{values['users']:,}",
+            )
+        Console().print(table)
+        kept = outcome.reason == f"{REBUILD_OF} {old}"  # passed the gate: uploaded, never served
+        what = "uploaded for comparison, not served" if kept else f"{outcome.event}: {outcome.reason}"
+        print(f"version {new}, a rebuild of version {old}: {what} ({timing(outcome.seconds)})")
+        return 0
     if args.step == "publish":
         from retrain.steps import publish_step
 
@@ -487,12 +534,27 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     else:
         from retrain.job import retrain_once
 
-        outcome = retrain_once(settings, progress=progress)
+        outcome = retrain_once(settings, progress=progress, drift_from=args.drift_from)
     metrics_table(f"{settings.model_name} version {outcome.version}: {outcome.event}", outcome.metrics)
     print(
         f"{outcome.event} version {outcome.version} ({timing(outcome.seconds)})"
         + (f": {outcome.reason}" if outcome.reason else "")
     )
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    """The registry's versions (reads the object store only; no TensorFlow)."""
+    from retrain.registry import ModelRegistry, format_history, version_history
+    from stream.storage import make_client
+
+    settings = _settings(args, "minio_endpoint")
+    registry = ModelRegistry(make_client(settings), settings.models_bucket, settings.model_name)
+    history = version_history(registry)
+    if args.json:
+        print(json.dumps({"model": settings.model_name, "versions": history}))
+    else:
+        print("\n".join(format_history(history)) or f"model {settings.model_name} has no version yet")
     return 0
 
 

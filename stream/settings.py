@@ -13,6 +13,7 @@ import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stream.errors import RecstreamError
 
@@ -51,14 +52,14 @@ def positive_float(text: str) -> float:
 
 
 def positive_int(text: str) -> int:
-    value = _number(text, int)
+    value = int(_number(text, int))
     if value < 1:
         raise ValueError(f"must be >= 1, got {text!r}")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = _number(text, int)
+    value = int(_number(text, int))
     if value < 0:
         raise ValueError(f"must be >= 0, got {text!r}")
     return value
@@ -79,7 +80,7 @@ def _share(text: str) -> float:
 
 
 def _port(text: str) -> int:
-    value = _number(text, int)
+    value = int(_number(text, int))
     if not 0 <= value <= 65535:
         raise ValueError(f"not a port: {text!r}")
     return value
@@ -94,6 +95,21 @@ def parse_log_level(text: str) -> str:
 
 def _optional(text: str) -> str | None:
     return text.strip() or None
+
+
+def _worker_name(text: str) -> str | None:
+    """A directory name of its own (it names the worker's Faust data dir): no path, no `..`."""
+    name = text.strip()
+    if name and (not all(c.isalnum() or c in "._-" for c in name) or name in {".", ".."}):
+        raise ValueError(f"letters, digits, '.', '_' and '-' only, got {text!r}")
+    return name or None
+
+
+def _table_store(text: str) -> str:
+    url = text.strip()
+    if url not in {"rocksdb://", "memory://"}:
+        raise ValueError(f"expected rocksdb:// or memory://, got {text!r}")
+    return url
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +412,23 @@ FIELDS: tuple[Field, ...] = (
         "1800",
         "an alert still raised fires again after this long (the last retrain did not cure it)",
     ),
+    # Scale out (issue 15): workers of one consumer group per service, each its own Faust data dir.
+    Field("INGEST_WORKERS", "ingest_workers", positive_int, "1", "ingest workers `recstream up` starts"),
+    Field("SCORER_WORKERS", "scorer_workers", positive_int, "1", "scorer workers `recstream up` starts"),
+    Field(
+        "WORKER_NAME",
+        "worker_name",
+        _worker_name,
+        "",
+        "this worker among several of one service on one machine: its own Faust data dir",
+    ),
+    Field(
+        "SCORER_TABLE_STORE",
+        "scorer_table_store",
+        _table_store,
+        "rocksdb://",
+        "Faust store of the scorer's table: rocksdb:// (local state under RECSTREAM_HOME) or memory://",
+    ),
     # The timeline `recstream up` records for `recstream report` (deploy/timeline.py).
     Field("TIMELINE_INTERVAL_S", "timeline_interval_s", positive_float, "5", "seconds between two samples"),
     Field(
@@ -499,6 +532,10 @@ class Settings:
     drift_alert_repeat_s: float
     timeline_interval_s: float
     timeline_max_bytes: int
+    ingest_workers: int
+    scorer_workers: int
+    worker_name: str | None
+    scorer_table_store: str
 
     @property
     def production(self) -> bool:
@@ -601,7 +638,7 @@ def load_settings(
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     home = default_home({"RECSTREAM_HOME": given["RECSTREAM_HOME"]} if "RECSTREAM_HOME" in given else environ)
     stack = read_env_file(home / "stack.env") if use_stack_env else {}
-    values: dict[str, object] = {"home": home}
+    values: dict[str, Any] = {"home": home}  # each value of the type its field's parser returns
     for f in FIELDS:
         raw = given.get(f.env, environ.get(f.env, stack.get(f.env, f.default)))
         try:

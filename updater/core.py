@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retrain.registry import ModelRegistry, RegistryState, UnsafeObjectKey
+from retrain.registry import ModelRegistry, RegistryState, UnsafeObjectKey, newest_event_ts
 from stream.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
 from stream.settings import Settings
 from updater import metrics
@@ -110,6 +110,7 @@ class Updater:
         )
         self.lock_path = settings.model_base_path / ".locks" / f"{self.model}.lock"
         self.known_active: int | None = None  # what the last look at the registry said, for cheap checks
+        self._newest: dict[int, float | None] = {}  # version -> newest event it learnt from (freshness)
 
     def close(self) -> None:
         for target in self.targets:
@@ -182,6 +183,7 @@ class Updater:
             self._announce(event)
             metrics.ROLLBACKS.labels(self.model).inc()
             metrics.ACTIVE_VERSION.labels(self.model).set(to)
+            self.served_freshness(to)
             self.known_active = to
             return event
 
@@ -221,6 +223,8 @@ class Updater:
             return self._reject(version, exc)
         seconds = round(time.monotonic() - started, 3)
         found = metadata.get("metrics")
+        newest = self._newest[version] = newest_event_ts(metadata)
+        freshness = metrics.activated(self.model, newest, time.time())
         event = ModelEvent(
             ACTIVATED,
             self.model,
@@ -230,6 +234,11 @@ class Updater:
                 **state.metrics.get(version, {}),  # the flat figures of the `published` event
                 "canary_latency_ms": report.canary_latency_ms,
                 "activation_s": seconds,
+                **(
+                    {"newest_event_ts": newest, "event_to_activation_s": round(freshness, 3)}
+                    if freshness is not None
+                    else {}
+                ),
             },
         )
         self._announce(event)
@@ -261,6 +270,7 @@ class Updater:
         if active is None:
             return
         metrics.ACTIVE_VERSION.labels(self.model).set(active)
+        self.served_freshness(active)
         desired = desired_entry(active, state.previous)
         current = self.fleet.current()
         if (
@@ -299,6 +309,16 @@ class Updater:
         self._announce(event)
         metrics.REJECTIONS.labels(self.model, exc.kind).inc()
         return event
+
+    def served_freshness(self, version: int) -> None:
+        """Point the staleness gauge at `version`'s newest event (its metadata.json, read once)."""
+        if version not in self._newest:
+            try:
+                self._newest[version] = newest_event_ts(self.registry.metadata(version))
+            except Exception as exc:  # freshness is for the record: never fail serving on it
+                log.warning("%s: freshness of version %d unknown: %s", self.model, version, exc)
+                return
+        metrics.served(self.model, self._newest[version])
 
     # -- plumbing --------------------------------------------------------------------------------
     @contextlib.contextmanager

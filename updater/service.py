@@ -122,6 +122,7 @@ class UpdaterService:
             self.updater.process(event.version)
         elif event.event == ROLLED_BACK and event.to is not None:
             metrics.ACTIVE_VERSION.labels(self.model).set(event.to)
+            self.updater.served_freshness(event.to)
             self.updater.known_active = event.to
 
     def _failed(self, what: str, exc: Exception, backoff: float) -> None:
