@@ -40,7 +40,7 @@ def main() -> None:
     events = [e for _, e in read_events(SEED) if isinstance(e, Transaction)]
     records = [(e.user_id.encode(), e.to_json()) for e in events]
     with temporary_stack() as settings:
-        limit = bare_rate(settings.kafka_bootstrap, "bench-bare", records)
+        limit = bare_rate(settings.require("kafka_bootstrap"), "bench-bare", records)
         log.info("bare producer: %.0f events/s", limit)
         target = dataclasses.replace(settings, transactions_topic="bench-produce")
         with EventProducer(target) as producer:

@@ -44,7 +44,8 @@ def check_pinned_free(
 
     Each is checked on `host`, or on `hosts[setting]` for one listening elsewhere; pass every port
     of one start in one call, so that two settings pinned to one port are caught whatever they are."""
-    problems, seen = [], {}
+    problems: list[str] = []
+    seen: dict[int, str] = {}
     for name, port in pinned.items():
         if port in seen:
             problems.append(f"{name} and {seen[port]} are both {port}")

@@ -139,10 +139,10 @@ def _check_specs(
     signature: str,
     kind: str,
     specs: dict[str, Any],
-    expected: dict[str, tuple[str | None, int | None]],
-    optional: dict[str, tuple[str | None, int | None]] | None = None,
+    expected: Mapping[str, tuple[str | None, int | None]],
+    optional: Mapping[str, tuple[str | None, int | None]] | None = None,
 ) -> None:
-    allowed = expected | (optional or {})
+    allowed = {**expected, **(optional or {})}
     if not set(expected) <= set(specs) <= set(allowed):
         raise Invalid(f"{signature}: {kind}s are {sorted(specs)}, expected {sorted(expected)}")
     for name, (dtype, rank) in allowed.items():

@@ -6,6 +6,8 @@ ones TensorFlow's DataTypeString prints, which TF Serving's error messages use.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 DT_INVALID = 0
@@ -46,7 +48,7 @@ _NAMES = {
     DT_UINT64: "uint64",
 }
 
-_NUMPY = {
+_NUMPY: dict[int, np.dtype[Any]] = {
     DT_FLOAT: np.dtype(np.float32),
     DT_DOUBLE: np.dtype(np.float64),
     DT_INT32: np.dtype(np.int32),
@@ -70,7 +72,7 @@ def name(dtype: int) -> str:
     return _NAMES.get(dtype, f"DataType({dtype})")
 
 
-def numpy_type(dtype: int) -> np.dtype:
+def numpy_type(dtype: int) -> np.dtype[Any]:
     if dtype not in _NUMPY:
         raise TypeError(f"no numpy type for {name(dtype)}")
     return _NUMPY[dtype]

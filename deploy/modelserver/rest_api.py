@@ -24,6 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import grpc
@@ -165,7 +166,7 @@ class _DeadlineReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview | bytearray) -> int:
+    def readinto(self, buffer: Any) -> int:  # a writable buffer (memoryview, bytearray)
         left = self._handler.deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("request deadline passed")
@@ -335,7 +336,7 @@ class _Server(socketserver.TCPServer):
         self._lock = threading.Lock()
         super().__init__(address, _Handler)
 
-    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:
+    def process_request(self, request: Any, client_address: Any) -> None:  # a TCP socket, (host, port)
         if not self._slots.acquire(blocking=False):
             self._refuse(request)
             return
@@ -379,7 +380,7 @@ class _Server(socketserver.TCPServer):
             pass
         self.shutdown_request(request)
 
-    def handle_error(self, request: socket.socket, client_address: tuple[str, int]) -> None:
+    def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("REST connection from %s failed", client_address)
 
     def server_close(self) -> None:

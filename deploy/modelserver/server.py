@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from stream.settings import FIELDS, positive_float, positive_int
@@ -95,7 +95,7 @@ def parse_args(
 
 
 # (flags, Limits field = the setting's attribute without "modelserver_", type, help)
-_LIMIT_FLAGS: tuple[tuple[tuple[str, ...], str, type, str], ...] = (
+_LIMIT_FLAGS: tuple[tuple[tuple[str, ...], str, Callable[[str], float], str], ...] = (
     (("--max-grpc-message-bytes",), "max_grpc_message_bytes", positive_int, "largest gRPC message"),
     (("--max-batch",), "max_batch", positive_int, "largest leading dimension of an input"),
     (("--max-string-bytes",), "max_string_bytes", positive_int, "largest string element of an input"),
