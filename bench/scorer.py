@@ -28,7 +28,8 @@ unanswered / error / duplicate counts (counted at the end of the run), the score
 the CPU each process used. The rates stop rising after two steps behind in a row, after a step
 that left requests unanswered, or when RUN_BUDGET_S have passed.
 
-After the rising steps, BULK_EVENTS purchases (the seed rows after the slice) are sent as fast
+After the rising steps (and the backlog of requests an overloaded step left, up to
+DRAIN_BEFORE_BULK_S), BULK_EVENTS purchases (the seed rows after the slice) are sent as fast
 as the producer goes, and a step of BULK_STEP_RATE requests/s starts at once, while the scorer
 is still taking the backlog into its table: requests must not wait behind purchases. Then the
 HTTP view (`GET /recommendations/<user>?k=10`) is loaded open loop at HTTP_RATES.
@@ -82,7 +83,10 @@ RATES = (100, 300, 500, 800, 1000, 1200, 1500)
 STEP_S = 15.0
 STEADY_FROM_S = 2.0  # the first seconds of a step are not counted in its answer rate
 DRAIN_S = 10.0  # longest wait for a step's answers after its last request was due
-FINAL_WAIT_S = 20.0  # after a step that fell behind: how long its backlog may still be answered
+FINAL_WAIT_S = 20.0  # after the step after the bulk load: how long its backlog may still be answered
+# After the rising steps: how long their backlog may take to drain before the bulk load, so that
+# the step after it measures the bulk load, not requests queued by an overloaded step.
+DRAIN_BEFORE_BULK_S = 120.0
 PAUSE_S = 1.0
 P99_BOUND_S = 1.0  # the figure's bound
 P99_STRICT_S = 0.25  # also reported: the highest rate with p99 under 250 ms
@@ -619,9 +623,9 @@ def cpu_shares(pids: dict[str, int], before: dict[str, float | None], seconds: f
     """Share of one core each process used over `seconds` (1.0 = one core busy)."""
     out = {}
     for name, pid in pids.items():
-        now = cpu_seconds(pid)
-        if now is not None and before.get(name) is not None:
-            out[name] = round((now - before[name]) / seconds, 2)
+        now, then = cpu_seconds(pid), before.get(name)
+        if now is not None and then is not None:
+            out[name] = round((now - then) / seconds, 2)
     return out
 
 
@@ -714,7 +718,7 @@ def run_steps(settings: Settings, model: Model, scorer: subprocess.Popen, metric
             time.sleep(PAUSE_S)
         everything = [i for s in steps for i in s["ids"]]
         fell_behind = any(s["figures"]["behind"] for s in steps)
-        late = wait_answers(ledger, everything, FINAL_WAIT_S if fell_behind else 2.0)
+        late = wait_answers(ledger, everything, DRAIN_BEFORE_BULK_S if fell_behind else 2.0)
         log.info("end of the load: %d requests of the steps still unanswered", late)
         time.sleep(PAUSE_S)
         purchases_before = scorer_metrics(metrics_port)["recstream_scorer_purchases_total"]
@@ -756,6 +760,7 @@ def run_steps(settings: Settings, model: Model, scorer: subprocess.Popen, metric
         "after_bulk_load": {"bulk": bulk, "step": final},
         "http_steps": http_steps,
         "stopped_because": stopped_because,
+        "unanswered_before_bulk_load": late,
         "first_answer_after_s": round(first_answer_s, 1),
         "foreign_answers": ledger.foreign,
         "idle_cpu_cores": idle_cpu,
@@ -883,6 +888,7 @@ def report(load: dict[str, Any], model: Model, batching: dict[str, Any], machine
         figure_with_p99_under_250ms_step_offered_per_s=strict["offered_per_s"] if strict else None,
         at_300_per_s={"warm": goal(warm), "right_after_bulk_load": goal(after_bulk)},
         stopped_because=load["stopped_because"],
+        unanswered_before_bulk_load=load["unanswered_before_bulk_load"],
         steps=steps,
         after_bulk_load=load["after_bulk_load"],
         http_steps=load["http_steps"],

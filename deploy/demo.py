@@ -1,8 +1,10 @@
 """`recstream up --demo`: replay the seed into the running system and watch the loop turn.
 
 The seed's purchases are sent in file order at a steady rate. Once a model version is
-active, a customer whose earlier purchases are all sent is asked for recommendations about
-`lead_s` before their next one, so the answer can be judged by what they buy next when that
+active, a customer whose earlier purchases are all sent is asked for recommendations
+`ask_after_s` after their last purchase and about `lead_s` before their next one (as a shopper
+comes back to the shop after a purchase, not within milliseconds of it: the scorer has taken
+the purchase into its table by then), so the answer can be judged by what they buy next when that
 product is new to them, as the offline holdout judges a model (answers leave out what a
 customer bought, so a repeat purchase is no signal): the demo's own hit rate (the scorer's
 online hit rate judges it the same way). The summary puts it beside the active version's
@@ -14,6 +16,7 @@ shows what `recstream status` shows, refreshed; `--for` ends the demo and writes
 from __future__ import annotations
 
 import collections
+import heapq
 import json
 import logging
 import threading
@@ -44,8 +47,10 @@ class DemoCounts:
 
 
 class Demo:
-    def __init__(self, settings: Settings, seed: Path, rate: float, lead_s: float = 2.0) -> None:
-        self.settings, self.seed, self.rate = settings, seed, rate
+    def __init__(
+        self, settings: Settings, seed: Path, rate: float, lead_s: float = 2.0, ask_after_s: float = 0.5
+    ) -> None:
+        self.settings, self.seed, self.rate, self.ask_after_s = settings, seed, rate, ask_after_s
         self.lead = max(int(rate * lead_s), 1)  # purchases between a request and the one it is judged by
         self.counts = DemoCounts()
         # request_id -> the product the customer buys next, None when they bought it before (no signal)
@@ -53,7 +58,8 @@ class Demo:
         self.bought: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
         self.threads: list[threading.Thread] = []
         self.failure: str | None = None
-        self.sent_users: set[str] = set()
+        self.last_sent: dict[str, float] = {}  # user -> when their latest purchase was sent
+        self.asks: list[tuple[float, str, str]] = []  # heap of (due, request_id, user_id)
         self.client: Any = None
         self.producer: Any = None  # purchases go to the main broker; requests may have their own
         self.asking = threading.Event()  # set once a version is active: before that, answers are errors
@@ -95,12 +101,12 @@ class Demo:
                 continue
             # Ask when every earlier purchase of this customer is out, so that this one is
             # the next the scorer sees from them: the one the answer is judged by.
-            if event.user_id in self.sent_users and not queued[event.user_id] and self.asking.is_set():
+            if event.user_id in self.last_sent and not queued[event.user_id] and self.asking.is_set():
                 request_id = uuid.uuid4().hex
                 new = event.item_id not in self.bought[event.user_id]
                 self.expected[request_id] = event.item_id if new else None
-                self.client.send(event.user_id, k=10, request_id=request_id)
-                self.counts.requests_sent += 1
+                due = self.last_sent[event.user_id] + self.ask_after_s
+                heapq.heappush(self.asks, (due, request_id, event.user_id))
             queued[event.user_id] += 1
             self.bought[event.user_id].add(event.item_id)
             ahead.append(event)
@@ -108,6 +114,7 @@ class Demo:
                 self._send(ahead.popleft(), started, queued)
         while ahead and not stop.is_set():
             self._send(ahead.popleft(), started, queued)
+        self._ask(float("inf"))
         self.producer.flush()
         log.info("demo: the seed is replayed (%d events)", self.counts.events_produced)
 
@@ -115,13 +122,21 @@ class Demo:
         due = started + self.counts.events_produced / self.rate
         if (wait := due - time.monotonic()) > 0:
             time.sleep(wait)
+        self._ask(time.monotonic())
         # A fresh timestamp: the seed has none, and the drift tracker joins on arrival time.
         self.producer.send_transaction(
             Transaction(event.event_id, event.user_id, event.item_id, 1, time.time())
         )
         self.counts.events_produced += 1
-        self.sent_users.add(event.user_id)
+        self.last_sent[event.user_id] = time.monotonic()
         queued[event.user_id] -= 1
+
+    def _ask(self, now: float) -> None:
+        """Send the requests due by `now` (each before that customer's next purchase is sent)."""
+        while self.asks and self.asks[0][0] <= now:
+            _, request_id, user_id = heapq.heappop(self.asks)
+            self.client.send(user_id, k=10, request_id=request_id)
+            self.counts.requests_sent += 1
 
     def _answers(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -151,6 +166,10 @@ def summary(demo: Demo, snap: observe.Snapshot, seconds: float) -> dict[str, Any
         "answers_judged": demo.counts.judged,
         "online_hit_rate_by_version": {v: round(rate, 4) for v, rate in sorted(snap.hit_rate.items())},
         "active_version_offline_hr_at_10": (snap.versions.get(str(snap.active_version)) or {}).get("hr@10"),
+        # from each landed purchase to the activation of the first version that learnt from it
+        "median_purchase_to_served_s": observe.median_purchase_to_served(
+            snap.activations, observe.purchase_times(demo.settings)
+        ),
         "requests_sent": demo.counts.requests_sent,
         "request_errors": demo.counts.errors,
         "drift_alerts": int(snap.drift_alerts),

@@ -1,23 +1,31 @@
-"""The scorer's request path: requests consumed and answered apart from Faust's fetcher.
+"""The scorer's request path: requests consumed and answered apart from Faust, in a thread of their own.
 
-Faust feeds every agent of a worker from one fetch loop; a backlog of purchases (a bulk
-load, a changelog recovery) fills it, and a request waits behind thousands of purchases.
-Here requests have their own aiokafka consumer and producer:
-- its own fetch wait (KAFKA_REQUEST_FETCH_MAX_WAIT_MS), and its own bootstrap
-  (REQUESTS_KAFKA_BOOTSTRAP), so the request topics may live on a faster broker;
-- the same partitions as the worker's share of `transactions` (requests and purchases are
-  both keyed by user_id, with the same partition count), followed as Faust rebalances, so a
-  request is answered by the worker whose table holds that user's purchases;
-- each fetch is answered as one batch, the answers are flushed, then the offsets committed
-  under the group `recstream-scorer-requests`: every request answered at least once. A cycle
-  that fails (the request broker overloaded or restarting) is retried with backoff from the
-  committed offsets, never abandoned.
+Faust feeds every agent of a worker from one fetch loop and one event loop: a backlog of
+purchases (a bulk load, a changelog recovery) keeps both busy, and a request waits behind
+thousands of purchases. Here requests have
+- their own thread and event loop, so the purchases agent taking a backlog into the table
+  cannot hold a request's turn longer than the interpreter's switch interval;
+- their own aiokafka consumer and producer, with their own fetch wait
+  (KAFKA_REQUEST_FETCH_MAX_WAIT_MS) and bootstrap (REQUESTS_KAFKA_BOOTSTRAP), so the request
+  topics may live on a faster broker;
+- the same partitions as the worker's share of `transactions` (requests and purchases are both
+  keyed by user_id, with the same partition count), followed as Faust rebalances, so a request
+  is answered by the worker whose table holds that user's purchases.
+
+Answering is a pipeline: a fetched batch is answered (one Predict) and its answers handed to
+the producer, and the next batch is fetched while they are delivered. A committer commits, in
+fetch order, the offsets of batches whose answers were all delivered, coalescing what is ready
+into one commit; at most IN_FLIGHT batches wait for it. Every request is answered at least
+once: a failure anywhere (the request broker overloaded or restarting) rewinds to the committed
+offsets and answers again after a backoff (clients keep the first answer by request_id), never
+abandoning a request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -30,20 +38,54 @@ log = logging.getLogger(__name__)
 GROUP = "recstream-scorer-requests"
 IDLE_S = 0.1  # wait between looks at the assignment while this worker owns no partition
 RETRY_MIN_S, RETRY_MAX_S = 0.1, 5.0  # after a failed cycle (the request broker timed out, restarted)
+IN_FLIGHT = 8  # batches answered but not yet committed
+STOP_TIMEOUT_S = 10.0
 
 FAILURES = Counter(
     "recstream_scorer_request_path_failures_total", "Request cycles that failed and were retried"
 )
 
 Serve = Callable[[Sequence[tuple[bytes | None, float]]], Awaitable[list[tuple[str, dict[str, object]]]]]
+Batch = tuple[list["asyncio.Future[Any]"], dict[Any, int]]  # delivery futures, offsets to commit after
 
 
 class RequestPath:
+    """Answers requests in its own thread; `run` (a Faust task) starts the thread and stops it."""
+
     def __init__(self, settings: Settings, owned: Callable[[], set[int]], serve: Serve) -> None:
         self.settings, self.owned, self.serve = settings, owned, serve
         self.assigned: set[int] = set()
 
     async def run(self) -> None:
+        """Run the request thread for as long as this task runs; a thread that dies ends the worker."""
+        loop = asyncio.new_event_loop()
+        main: asyncio.Future[None] = loop.create_future()
+        thread = threading.Thread(target=self._thread, args=(loop, main), name="request-path", daemon=True)
+        thread.start()
+        try:
+            while thread.is_alive():
+                await asyncio.sleep(0.2)
+            raise RuntimeError("the request path's thread ended")
+        finally:
+            if thread.is_alive():
+                loop.call_soon_threadsafe(main.cancel)
+                await asyncio.to_thread(thread.join, STOP_TIMEOUT_S)
+
+    def _thread(self, loop: asyncio.AbstractEventLoop, main: asyncio.Future[None]) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            task = loop.create_task(self._answer_forever())
+            main.add_done_callback(lambda _: task.cancel())
+            loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            log.info("request path stopped")
+        except Exception:
+            log.exception("the request path failed")
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _answer_forever(self) -> None:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
         settings = self.settings
@@ -62,8 +104,7 @@ class RequestPath:
         try:
             while True:
                 try:
-                    await self._cycle(consumer, producer)
-                    delay = RETRY_MIN_S
+                    await self._answer(consumer, producer)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a broker that times out or restarts: never the end of answering
@@ -73,36 +114,62 @@ class RequestPath:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX_S)
                     await self._rewind(consumer)
+                else:
+                    delay = RETRY_MIN_S
         finally:
             await producer.stop()
             await consumer.stop()
 
-    async def _cycle(self, consumer: Any, producer: Any) -> None:
-        """Follow the assignment, answer one fetch, flush the answers, commit."""
+    async def _answer(self, consumer: Any, producer: Any) -> None:
+        """Fetch, answer and hand over batches while a committer commits them in order."""
         from aiokafka import TopicPartition
 
         from recommender.answers import encode
 
         settings = self.settings
-        wanted = self.owned()
-        if wanted != self.assigned:
-            consumer.assign([TopicPartition(settings.requests_topic, p) for p in sorted(wanted)])
-            log.info("answering requests of partitions %s", sorted(wanted))
-            self.assigned = wanted
-        if not self.assigned:
-            await asyncio.sleep(IDLE_S)
-            return
-        fetched = await consumer.getmany(timeout_ms=200, max_records=settings.scorer_batch_size)
-        batch = [record for records in fetched.values() for record in records]
-        if not batch:
-            return
-        answers = await self.serve([(record.value, record.timestamp / 1000) for record in batch])
-        sent = [
-            await producer.send(settings.recommendations_topic, encode(record), key=key.encode())
-            for key, record in answers
-        ]
-        await asyncio.gather(*sent)
-        await consumer.commit({tp: records[-1].offset + 1 for tp, records in fetched.items()})
+        delivered: asyncio.Queue[Batch] = asyncio.Queue(maxsize=IN_FLIGHT)
+        committer = asyncio.ensure_future(self._commit_in_order(consumer, delivered))
+        try:
+            while True:
+                wanted = self.owned()
+                if wanted != self.assigned:
+                    await _drained(delivered, committer)  # what the old owner answered stays answered
+                    consumer.assign([TopicPartition(settings.requests_topic, p) for p in sorted(wanted)])
+                    log.info("answering requests of partitions %s", sorted(wanted))
+                    self.assigned = wanted
+                if not self.assigned:
+                    await asyncio.sleep(IDLE_S)
+                    continue
+                fetched = await consumer.getmany(timeout_ms=200, max_records=settings.scorer_batch_size)
+                if committer.done():
+                    committer.result()  # a failed delivery or commit: raise it here, and rewind
+                batch = [record for records in fetched.values() for record in records]
+                if not batch:
+                    continue
+                answers = await self.serve([(record.value, record.timestamp / 1000) for record in batch])
+                sent = [
+                    await producer.send(settings.recommendations_topic, encode(record), key=key.encode())
+                    for key, record in answers
+                ]
+                offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items()}
+                await _put(delivered, (sent, offsets), committer)
+        finally:
+            if not committer.done():
+                committer.cancel()
+                await asyncio.gather(committer, return_exceptions=True)
+
+    async def _commit_in_order(self, consumer: Any, delivered: asyncio.Queue[Batch]) -> None:
+        """Commit batches in fetch order once their answers are delivered, the waiting ones at once."""
+        while True:
+            batches = [await delivered.get()]
+            batches += [delivered.get_nowait() for _ in range(delivered.qsize())]
+            ready: dict[Any, int] = {}
+            for sent, offsets in batches:
+                await asyncio.gather(*sent)  # raises a failed delivery
+                ready.update(offsets)
+            await consumer.commit(ready)
+            for _ in batches:
+                delivered.task_done()
 
     async def _rewind(self, consumer: Any) -> None:
         """Back to the committed offsets: requests fetched but not known answered are answered again
@@ -117,3 +184,23 @@ class RequestPath:
                 await consumer.seek_to_beginning(tp)
             else:
                 consumer.seek(tp, committed)
+
+
+async def _put(queue: asyncio.Queue[Batch], batch: Batch, committer: asyncio.Future[None]) -> None:
+    """Queue a batch for the committer, waiting while IN_FLIGHT are undelivered; raise its failure."""
+    put = asyncio.ensure_future(queue.put(batch))
+    await asyncio.wait([put, committer], return_when=asyncio.FIRST_COMPLETED)
+    if committer.done():
+        put.cancel()
+        committer.result()
+        raise RuntimeError("the committer stopped")
+
+
+async def _drained(queue: asyncio.Queue[Batch], committer: asyncio.Future[None]) -> None:
+    """Wait until every queued batch is committed; raise the committer's failure."""
+    joined = asyncio.ensure_future(queue.join())
+    await asyncio.wait([joined, committer], return_when=asyncio.FIRST_COMPLETED)
+    if committer.done():
+        joined.cancel()
+        committer.result()
+        raise RuntimeError("the committer stopped")

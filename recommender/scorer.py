@@ -3,10 +3,12 @@
 - The `purchases` Faust agent consumes `transactions` into the `bought` table (user -> their
   latest SCORER_HISTORY_ITEMS products, changelogged, so a restarted scorer still knows them)
   and feeds the drift monitor.
-- Requests do not go through Faust's fetcher: `recommender.request_path` consumes them with
-  its own consumer (its own short fetch wait, possibly on a faster broker), on the same
-  partitions as this worker's share of `transactions`, so a backlog of purchases, a changelog
-  recovery or a retrain beside it never queues a request behind them. Each fetched batch is
+- Requests do not go through Faust: `recommender.request_path` consumes them in a thread of
+  its own with its own consumer (its own short fetch wait, possibly on a faster broker), on
+  the same partitions as this worker's share of `transactions`, so a backlog of purchases, a
+  changelog recovery or a retrain beside it never queues a request behind them. The thread
+  reads the table (values are replaced, never changed in place) and hands what it served to
+  the drift monitor on the worker's loop. Each fetched batch is
   one Predict with each user's live history (`recommend_history`; versions without it get
   `serving_default`); answers go to `recommendations`, an invalid request gets an error
   record. While the model server is unavailable the batch is retried with backoff; a request
@@ -82,19 +84,31 @@ class Scorer:
             web_port=settings.scorer_http_port,
             # Where other workers route a user's HTTP request that this worker owns.
             canonical_url=f"http://{advertised}:{settings.scorer_http_port}",
+            # RocksDB (rocksdict) under the worker's data dir: a restart recovers from local state
+            # plus the changelog's tail instead of replaying all of it (SCORER_TABLE_STORE).
+            store=settings.scorer_table_store,
         )
-        raw = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.transactions = self.app.topic(settings.transactions_topic, **raw)
-        self.alerts = self.app.topic(settings.drift_alerts_topic, **raw)
+        self.transactions = self.app.topic(
+            settings.transactions_topic, key_serializer="raw", value_serializer="raw"
+        )
+        self.alerts = self.app.topic(
+            settings.drift_alerts_topic, key_serializer="raw", value_serializer="raw"
+        )
         # Keys are user_id bytes (the app's raw key serializer), values JSON lists of item ids.
         self.bought = self.app.Table("bought", default=list, partitions=settings.topic_partitions)
         self.monitor = DriftMonitor(DriftConfig.from_settings(settings))
-        self.predictor: Predictor | None = None
+        self.version: int | None = None  # the version to call (None: the `stable` label)
+        self.predictors: dict[asyncio.AbstractEventLoop, Predictor] = {}  # one per event loop
+        self.loop: asyncio.AbstractEventLoop | None = None  # the worker's: the drift monitor's
         self.references: dict[int, Reference | None] = {}
         self.fetching: dict[int, asyncio.Task[None]] = {}  # reference downloads in flight
+        # Partitions whose table share is recovered: only their requests are answered here.
+        self.ready: set[int] = set()
+        self.app.on_partitions_revoked.connect(self._revoked)
+        self.app.on_rebalance_complete.connect(self._recovered)
         self.request_path = RequestPath(settings, self._owned_partitions, self.serve)
         self.app.agent(self.transactions, name="purchases")(self._purchases)
-        self.app.task(self.request_path.run)
+        self.app.task(self._answer_requests)
         self.app.task(self._follow_model_updates)
         self.app.timer(interval=settings.drift_check_s)(self._check_drift)
         self.app.page("/recommendations/{user_id}")(
@@ -118,7 +132,9 @@ class Scorer:
             repeat = len(history) < len(before)
             history.append(purchase.item_id)
             self.bought[key] = history[-limit:]
-            self.monitor.purchased(purchase.user_id, purchase.item_id, message.timestamp, repeat=repeat)
+            self.monitor.purchased(
+                purchase.user_id, purchase.item_id, message.timestamp, repeat=repeat, event_ts=purchase.ts
+            )
             PURCHASES.labels("valid").inc()
 
     def history(self, user_id: str) -> list[str]:
@@ -126,11 +142,23 @@ class Scorer:
         return self.bought[user_id.encode()][::-1]
 
     def _owned_partitions(self) -> set[int]:
-        """The partitions of `transactions` this worker holds: its requests are on the same ones."""
+        """The partitions of `transactions` this worker holds with their table recovered: its requests
+        are on the same ones. None while Faust rebalances, so that a partition moving away is not
+        answered by two workers, and one moving here is not answered before its purchases are known."""
+        return set() if self.app.rebalancing else self.ready
+
+    async def _revoked(self, *args: Any, **kwargs: Any) -> None:
+        self.ready = set()
+
+    async def _recovered(self, *args: Any, **kwargs: Any) -> None:
         topic = self.settings.transactions_topic
-        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+        self.ready = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
 
     # -- requests --------------------------------------------------------------------------------
+
+    async def _answer_requests(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.request_path.run()
 
     async def serve(self, messages: Sequence[tuple[bytes | None, float]]) -> list[Answer]:
         """Answer a batch of raw requests (value, produced at); every request gets one record."""
@@ -221,18 +249,26 @@ class Scorer:
             now = time.time()
             latencies = [(now - ts) * 1000 for _, ts in pending]
             answered = records.answers(requests, ranked, histories, latencies)
-            # The drift join compares record timestamps: the request's here, the purchase's there.
+            served = []
             for record, (request, ts), latency in zip(answered, pending, latencies, strict=True):
                 out.append((request.user_id, record))
                 LATENCY.observe(latency / 1000)
                 REQUESTS.labels("fallback" if record["fallback"] else "model").inc()
-                self.monitor.served(
-                    request.user_id, record["items"], ranked.version, bool(record["fallback"]), ts
-                )
+                served.append((request.user_id, record["items"], bool(record["fallback"]), ts))
             SERVED_VERSION.set(ranked.version)
-            self._want_reference(ranked.version)
+            if self.loop is None or self.loop is asyncio.get_running_loop():
+                self._served(ranked.version, served)
+            else:
+                self.loop.call_soon_threadsafe(self._served, ranked.version, served)
             return out
         return out
+
+    def _served(self, version: int, served: list[tuple[str, Any, bool, float]]) -> None:
+        """On the worker's loop: what was served, for the drift join (which compares record
+        timestamps: the request's here, the purchase's there)."""
+        for user_id, items, fallback, ts in served:
+            self.monitor.served(user_id, items, version, fallback, ts)
+        self._want_reference(version)
 
     # -- the served version and its training reference ---------------------------------------
 
@@ -264,19 +300,24 @@ class Scorer:
             await consumer.stop()
 
     def _predictor(self) -> Predictor:
-        if self.predictor is None:  # created on first use: grpc.aio needs the running loop
-            self.predictor = Predictor(
+        """This event loop's client (grpc.aio channels belong to the loop that made them)."""
+        loop = asyncio.get_running_loop()
+        predictor = self.predictors.get(loop)
+        if predictor is None:
+            predictor = self.predictors[loop] = Predictor(
                 self.settings.require("tf_serving_grpc"),
                 self.settings.model_name,
                 self.settings.scorer_predict_timeout_s,
             )
-        return self.predictor
+            predictor.version = self.version
+        return predictor
 
     def _serve_version(self, version: int) -> None:
-        predictor = self._predictor()
-        if predictor.version != version:
+        if self.version != version:
             log.info("answering with version %d", version)
-        predictor.version = version
+        self.version = version
+        for predictor in list(self.predictors.values()):
+            predictor.version = version
         self._want_reference(version)
 
     def _want_reference(self, version: int) -> None:
