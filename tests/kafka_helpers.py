@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
@@ -43,6 +45,24 @@ def read_all(
         for batch in consumer.poll(timeout_ms=500).values():
             records.extend(batch)
         return records
+    finally:
+        consumer.close()
+
+
+def read_json_until_idle(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of `topic` from the beginning, JSON-decoded, once three 1 s polls found nothing."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        out: list[Any] = []
+        idle = 0
+        while idle < 3:
+            batch = consumer.poll(timeout_ms=1000)
+            idle = 0 if batch else idle + 1
+            out += [json.loads(r.value) for records in batch.values() for r in records]
+        return out
     finally:
         consumer.close()
 

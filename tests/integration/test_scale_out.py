@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import signal
 import time
 import uuid
@@ -26,9 +25,8 @@ import requests
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import TopicPartition as AioTopicPartition
 from ingest_helpers import Worker, stored_rows
-from kafka import KafkaConsumer, TopicPartition
 from kafka.partitioner.default import murmur2
-from kafka_helpers import create_topic
+from kafka_helpers import create_topic, read_json_until_idle
 from modelserver_helpers import Servers
 
 from deploy import observe
@@ -244,27 +242,11 @@ def test_two_scorer_workers_one_killed_answer_every_request_once_and_keep_exclus
     assert survivor.alive()
     copies = Counter(
         r["request_id"]
-        for r in _records(s.recommendations_topic, s.requests_kafka_bootstrap)
+        for r in read_json_until_idle(s.requests_kafka_bootstrap, s.recommendations_topic)
         if r["request_id"] in sent
     )
     again = sum(n - 1 for n in copies.values())
     print(f"{len(sent)} requests, {len(moved)} of {len(users)} users moved, {again} answered twice")
-
-
-def _records(topic: str, bootstrap: str) -> list[dict]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out, idle = [], 0
-        while idle < 3:
-            batch = consumer.poll(timeout_ms=1000)
-            idle = 0 if batch else idle + 1
-            out += [json.loads(r.value) for records in batch.values() for r in records]
-        return out
-    finally:
-        consumer.close()
 
 
 def test_recovery_reads_a_changelog_to_its_true_end(settings: Settings) -> None:

@@ -23,8 +23,7 @@ import numpy as np
 import pytest
 import requests
 from ingest_helpers import Worker
-from kafka import KafkaConsumer, TopicPartition
-from kafka_helpers import create_topic
+from kafka_helpers import create_topic, read_json_until_idle
 from modelserver_helpers import Servers
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -206,21 +205,7 @@ def test_purchases_since_training_are_excluded_and_the_list_stays_k_long(scoring
 
 
 def _raw_records(settings: Settings, topic: str, bootstrap: str | None = None) -> list[dict[str, Any]]:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap or settings.kafka_bootstrap, enable_auto_commit=False
-    )
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        out, idle = [], 0
-        while idle < 3:
-            batch = consumer.poll(timeout_ms=1000)
-            idle = 0 if batch else idle + 1
-            out += [json.loads(r.value) for records in batch.values() for r in records]
-        return out
-    finally:
-        consumer.close()
+    return read_json_until_idle(bootstrap or settings.kafka_bootstrap, topic)
 
 
 def test_invalid_requests_get_error_answers(scoring: Scoring) -> None:
