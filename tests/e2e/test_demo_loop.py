@@ -97,8 +97,11 @@ def test_up_demo_turns_the_loop_and_stops_cleanly(tmp_path: Path, seed_file: Pat
         registry = ModelRegistry(make_client(settings), settings.models_bucket, settings.model_name)
         state = registry.state()
         activated = [e.version for e in state.events if e.event == "activated"]
-        assert len(activated) == summary["versions_activated"] and state.active == activated[-1]
-        assert [m["version"] for m in run.models if m["event"] == "activated"] == activated  # the timeline
+        # The summary and the timeline are taken while the services run: a version activated between
+        # them and the stop is in the registry only (one run: 3 activated, 2 in the summary).
+        assert 1 <= summary["versions_activated"] <= len(activated) and state.active == activated[-1]
+        timeline = [m["version"] for m in run.models if m["event"] == "activated"]
+        assert timeline == activated[: len(timeline)] and len(timeline) >= summary["versions_activated"]
         alerts = _records(settings.kafka_bootstrap, settings.drift_alerts_topic)
         assert all(parse_drift_alert(value).model_version in activated for value in alerts)
     finally:
