@@ -35,6 +35,14 @@ import pandas as pd
 from retrain.baselines import Popularity
 from retrain.dataset import Holdout, Interactions, Recency, build_interactions, recent_test, temporal_holdout
 from retrain.evaluate import EvalSet, Metrics, evaluate_scores, evaluation_set
+from retrain.lineage import (
+    attach,
+    data_lineage,
+    deterministic_training,
+    for_event,
+    of_candidate,
+    training_lineage,
+)
 from retrain.registry import METADATA, ModelRegistry
 from stream.errors import RecstreamError
 from stream.model_events import PUBLISHED, REJECTED, ModelEvent
@@ -112,8 +120,6 @@ def read_window(settings: Settings, now: float | None = None) -> tuple[pd.DataFr
         end=None,
         columns=["user_id", "item_id", "ts", "offset", "partition"],
     )
-    from retrain.lineage import data_lineage  # the records' Kafka coordinates, for metadata.json
-
     records = data_lineage(client, settings.data_bucket, settings.transactions_topic, frame)
     frame = frame.drop(columns="partition")
     window = {
@@ -200,8 +206,6 @@ def train_candidate(
     evalsets = {"recent": evaluation_set(train, recent), "whole": evaluation_set(train, holdout.test)}
     prepared_at = time.monotonic()
     params = params if params is not None else model.Params()
-    from retrain.lineage import deterministic_training, training_lineage
-
     determinism = deterministic_training()
     trained = model.train(train, params, parent=parent_model, progress=progress, recency=recency)
     trained_at = time.monotonic()
@@ -306,8 +310,6 @@ def reference_distributions(train: Interactions) -> dict[str, Any]:
 
 
 def metadata(settings: Settings, candidate: Candidate, version: int) -> dict[str, Any]:
-    from retrain.lineage import attach
-
     meta = {
         "model": settings.model_name,
         "version": version,
@@ -393,8 +395,6 @@ def publish(
             outcome = Outcome(event.event, version, candidate.metrics, event.reason, candidate.seconds)
         if announcing is not None:
             announcing(outcome)
-        from retrain.lineage import for_event, of_candidate
-
         lineage = for_event(of_candidate(candidate.summary, candidate.parent))
         registry.announce(event, producer, settings.model_updates_topic, lineage=lineage)
     return outcome

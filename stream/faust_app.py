@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Gauge
+
 from stream.settings import Settings
 
 if TYPE_CHECKING:
@@ -53,22 +55,16 @@ def create_app(
 
 
 PARTITION_EXPORT_S = 2.0
+PARTITION_LAG = Gauge(
+    "recstream_worker_partition_lag",
+    "Records of an owned partition past this worker's committed offset",
+    ["topic", "partition"],
+)
 
 
 def export_partitions(app: faust.App, topic: str) -> None:
     """Export which partitions of `topic` this worker owns and its lag on each, for `recstream
     status` to show every worker of a group (`recstream_worker_partition_lag`, NaN until known)."""
-    from prometheus_client import Gauge
-
-    global _PARTITION_LAG
-    if _PARTITION_LAG is None:  # one per process: the metrics registry is global
-        _PARTITION_LAG = Gauge(
-            "recstream_worker_partition_lag",
-            "Records of an owned partition past this worker's committed offset",
-            ["topic", "partition"],
-        )
-    gauge = _PARTITION_LAG
-
     exported: set[tuple[str, str]] = set()
 
     async def export() -> None:
@@ -78,17 +74,14 @@ def export_partitions(app: faust.App, topic: str) -> None:
             highwater = consumer.highwater(tp)
             committed = consumer._committed_offset.get(tp)  # Faust's record; no public accessor
             lag = float("nan") if highwater is None else max(highwater - (committed or 0), 0)
-            gauge.labels(tp.topic, str(tp.partition)).set(lag)
+            PARTITION_LAG.labels(tp.topic, str(tp.partition)).set(lag)
         labels = {(tp.topic, str(tp.partition)) for tp in owned}
         for gone in exported - labels:  # removed, not cleared first: a scrape never sees none
-            gauge.remove(*gone)
+            PARTITION_LAG.remove(*gone)
         exported.clear()
         exported.update(labels)
 
     app.timer(interval=PARTITION_EXPORT_S)(export)
-
-
-_PARTITION_LAG: Any = None
 
 
 def run_worker(app: faust.App, settings: Settings) -> None:

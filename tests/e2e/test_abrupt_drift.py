@@ -19,8 +19,6 @@ launch) are printed with `pytest -s` and kept in the test's tmp dir as figures.j
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from collections import defaultdict
@@ -28,15 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_closed_loop import LOOP_ENV, _round, loop_figures, report_figures, stack_up, wait_for
+from test_closed_loop import LOOP_ENV, _round, first_version, loop_figures, report_figures, stack_up, wait_for
 
 from deploy import observe
 from recommender.client import RecommendationClient
 from retrain.dataset import read_seed
-from retrain.registry import ModelRegistry
 from stream.producer import EventProducer
 from stream.schemas import Transaction
-from stream.storage import make_client
 
 pytestmark = pytest.mark.e2e
 
@@ -98,14 +94,7 @@ def test_an_abrupt_launch_is_served_by_the_first_or_second_version_after_the_ale
             up,
             home,
         )
-        retrain = subprocess.run(
-            [sys.executable, "-m", "stream.cli", "retrain"], env=env, capture_output=True, text=True
-        )
-        assert retrain.returncode == 0 and "published version 1" in retrain.stdout, (
-            retrain.stdout + retrain.stderr
-        )
-        registry = ModelRegistry(make_client(settings), settings.models_bucket, settings.model_name)
-        wait_for(lambda: registry.state().active == 1, "version 1 to be activated", 240, up, home)
+        registry = first_version(settings, env, up, home)
 
         hits: defaultdict[int, list[bool]] = defaultdict(list)  # version -> hit per judged answer
 

@@ -143,6 +143,19 @@ def report_figures(figures: dict[str, Any], path: Path) -> None:
     print(f"\nclosed-loop figures ({path}):\n{json.dumps(figures, indent=1)}")
 
 
+def first_version(settings: Settings, env: dict[str, str], up: subprocess.Popen, home: Path) -> ModelRegistry:
+    """`recstream retrain` publishes version 1 and the running updater activates it."""
+    retrain = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "retrain"], env=env, capture_output=True, text=True
+    )
+    assert retrain.returncode == 0 and "published version 1" in retrain.stdout, (
+        retrain.stdout + retrain.stderr
+    )
+    registry = ModelRegistry(make_client(settings), settings.models_bucket, settings.model_name)
+    wait_for(lambda: registry.state().active == 1, "version 1 to be activated", 240, up, home)
+    return registry
+
+
 def _round(
     client: RecommendationClient, producer: EventProducer, users: list[str], pick: Callable
 ) -> list[dict]:
@@ -188,14 +201,7 @@ def test_a_launch_raises_drift_retrains_and_the_hit_rate_recovers(
         capture_output=True,
     )
     wait_for(lambda: observe.snapshot(settings).events_ingested >= SLICE, "the slice to land", 180, up, home)
-    retrain = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "retrain"], env=env, capture_output=True, text=True
-    )
-    assert retrain.returncode == 0 and "published version 1" in retrain.stdout, (
-        retrain.stdout + retrain.stderr
-    )
-    registry = ModelRegistry(make_client(settings), settings.models_bucket, settings.model_name)
-    wait_for(lambda: registry.state().active == 1, "version 1 to be activated", 240, up, home)
+    registry = first_version(settings, env, up, home)
     offline_hr = registry.metadata(1)["metrics"]["candidate"]["hr"]  # what version 1 was worth
 
     rng = np.random.default_rng(5)
