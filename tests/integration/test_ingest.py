@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 from ingest_helpers import Worker, stored_rows, wait_for
 from kafka_helpers import create_topic, read_all
+from urllib3.exceptions import MaxRetryError
 
 from ingest.reader import read_transactions
 from stream.producer import EventProducer
@@ -233,7 +234,13 @@ def test_object_store_down_for_20s_loses_nothing(
         assert worker.alive(), worker.log.read_text()[-3000:]
         separate_store["start"]()
 
-    wait_for(lambda: len(stored_rows(s)) >= 6000, 180, worker, "all rows after the outage")
+    def all_landed() -> bool:
+        try:
+            return len(stored_rows(s)) >= 6000
+        except MaxRetryError:  # the restarted store still answers 500 for a moment: look again
+            return False
+
+    wait_for(all_landed, 180, worker, "all rows after the outage")
     time.sleep(3)
     ids = [row["event_id"] for row in stored_rows(s)]
     assert len(ids) == 6000 and set(ids) == {e.event_id for e in events}
