@@ -33,6 +33,7 @@ test: bootstrap browser
 lint: bootstrap
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: bootstrap
 	$(BIN)/python -m bench

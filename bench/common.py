@@ -7,13 +7,15 @@ import json
 import logging
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from deploy.stack import Stack
+from deploy.local.stack import Stack
 from stream.settings import Settings, load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -35,6 +37,18 @@ def temporary_stack() -> Iterator[Settings]:
             yield stack.settings()
         finally:
             stack.down()
+
+
+def recstream_child(command: str, env: Mapping[str, str], out: IO[bytes]) -> subprocess.Popen[bytes]:
+    """`recstream <command>` as a child in its own session, output to `out`: stop it (and anything
+    it started) with deploy.local.processes.stop_child."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "deploy.cli", command],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def write_result(name: str, figure: float, unit: str, limit: float, limit_name: str, **details: Any) -> Path:

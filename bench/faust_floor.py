@@ -22,7 +22,7 @@ wanted = int(os.environ["FLOOR_EVENTS"])
 
 
 @app.agent(topic)
-async def count(stream: faust.StreamT) -> None:
+async def count(stream: faust.StreamT[bytes]) -> None:
     seen, start = 0, 0.0
     async for _event in stream.events():
         if seen == 0:

@@ -20,9 +20,9 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.common import SEED, setup_logging, temporary_stack, write_result
-from deploy.processes import stop_child
-from ingest.batches import parse_object_name
+from bench.common import SEED, recstream_child, setup_logging, temporary_stack, write_result
+from deploy.local.processes import stop_child
+from stream.contracts.lake import date_prefix, parse_object_name
 from stream.produce import produce_file
 from stream.producer import EventProducer
 from stream.settings import Settings
@@ -70,7 +70,7 @@ def faust_floor_rate(env: dict[str, str]) -> float:
 def landed_offsets(settings: Settings) -> int:
     """Offsets covered by landed objects (the seed's events all fall on one date per batch)."""
     ends: dict[int, int] = {}
-    for obj in make_client(settings).list_objects(settings.data_bucket, "transactions/", recursive=True):
+    for obj in make_client(settings).list_objects(settings.data_bucket, date_prefix(), recursive=True):
         _, partition, _, last = parse_object_name(obj.object_name)
         ends[partition] = max(ends.get(partition, -1), last)
     return sum(last + 1 for last in ends.values())
@@ -81,7 +81,9 @@ def main() -> None:
         target = dataclasses.replace(settings, transactions_topic="bench-ingest")
         with EventProducer(target) as producer:
             produce_file(producer, SEED, limit=EVENTS)
-        limit = asyncio.run(bare_read_rate(settings.kafka_bootstrap, target.transactions_topic, EVENTS))
+        limit = asyncio.run(
+            bare_read_rate(settings.require("kafka_bootstrap"), target.transactions_topic, EVENTS)
+        )
         log.info("bare aiokafka read: %.0f events/s", limit)
         env = {
             **os.environ,
@@ -94,13 +96,7 @@ def main() -> None:
         log.info("bare Faust agent: %.0f events/s", floor)
         with tempfile.TemporaryFile() as out:
             start = time.monotonic()
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "ingest"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            worker = recstream_child("ingest", env, out)
             try:
                 first_landing, landed_first = None, 0
                 while (landed := landed_offsets(target)) < EVENTS:

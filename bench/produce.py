@@ -15,9 +15,9 @@ import time
 from kafka import KafkaProducer
 
 from bench.common import SEED, setup_logging, temporary_stack, write_result
+from stream.contracts.records import Transaction
 from stream.produce import produce_file
 from stream.producer import EventProducer
-from stream.schemas import Transaction
 from stream.sources import read_events
 
 log = logging.getLogger("bench.produce")

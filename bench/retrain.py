@@ -157,7 +157,9 @@ def seed_half_life(fraction: float) -> dict[str, Any]:
     return {"seconds": round(time.monotonic() - started, 1), **_judge(model, train, holdout.test)}
 
 
-def launch(prefix: int = 100_000, products: int = 20, buyers: int = 2_000, seed: int = 1):
+def launch(
+    prefix: int = 100_000, products: int = 20, buyers: int = 2_000, seed: int = 1
+) -> tuple[pd.DataFrame, pd.DataFrame, float]:
     """A seed prefix, and the same followed by an abrupt launch; returns both and the launch's start.
 
     Each new product is tied to 10 of the 100 best sellers; a buyer picks 1-2 new products with

@@ -3,11 +3,12 @@ purchases, and through the HTTP view, against the model in-process.
 
 Everything is real: the embedded stack (broker, the request broker, object store, model server)
 in a temporary RECSTREAM_HOME; a CF model (`retrain/cf_model.py`, a few epochs on the first
-SEED_ROWS rows of the seed) exported with `retrain/savedmodel.py`, uploaded and announced
-`published` through `retrain/registry.py` and activated on the stack's model server by
-`updater.core.Updater`; `recstream scorer` as a subprocess in its own process group with its
-default settings (SCORER_BATCH_SIZE, KAFKA_REQUEST_FETCH_MAX_WAIT_MS, ...: reported in the
-result). Stack and scorer are stopped whatever happens.
+SEED_ROWS rows of the seed) exported with `retrain/savedmodel.py`, uploaded, announced
+`published` and activated on the stack's model server by `updater.activate.publish_and_activate`
+(the registry's upload and announce, then `updater.core.Updater`); `recstream scorer` as a
+subprocess in its own process group with its default settings (SCORER_BATCH_SIZE,
+KAFKA_REQUEST_FETCH_MAX_WAIT_MS, ...: reported in the result). Stack and scorer are stopped
+whatever happens.
 
 Load: an open-loop producer (a thread with the project's EventProducer, linger 0, keyed by
 user_id as recommender.client sends) at fixed rates rising step by step (RATES, STEP_S each).
@@ -63,15 +64,22 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.common import SEED, setup_logging, temporary_stack, write_result
+from bench.common import SEED, recstream_child, setup_logging, temporary_stack, write_result
 from bench.serving import percentile
-from deploy.processes import stop_child
+from deploy.console import observe
+from deploy.local.processes import stop_child
+from stream.contracts import metrics as metric_names
+from stream.contracts.signatures import RECOMMEND_HISTORY
 from stream.settings import FIELDS, Settings
-from stream.signatures import RECOMMEND_HISTORY
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from stream.producer import EventProducer
 
 log = logging.getLogger("bench.scorer")
 
@@ -105,6 +113,19 @@ BULK_STEP_RATE = 300
 HTTP_RATES = (100, 300)  # GET /recommendations/<user> steps, open loop
 HTTP_STEP_S = 10.0
 HTTP_THREADS = 32
+# What the steps compare from the scorer's /metrics: counters and histogram sums/counts.
+BATCH_SIZE_SUM = f"{metric_names.SCORER_BATCH_SIZE}_sum"
+BATCH_SIZE_COUNT = f"{metric_names.SCORER_BATCH_SIZE}_count"
+PREDICT_SUM = f"{metric_names.SCORER_PREDICT_SECONDS}_sum"
+PREDICT_COUNT = f"{metric_names.SCORER_PREDICT_SECONDS}_count"
+SCORER_METRICS = (
+    BATCH_SIZE_SUM,
+    BATCH_SIZE_COUNT,
+    PREDICT_SUM,
+    PREDICT_COUNT,
+    metric_names.SCORER_PREDICT_RETRIES,
+    metric_names.SCORER_PURCHASES,
+)
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -114,7 +135,7 @@ class Model:
     known: list[str]  # customers of the training slice
     unknown: list[str]  # real seed customers seen only after the slice
     histories: dict[str, list[str]]  # a known customer's purchases, most recent first
-    bulk: Any  # seed rows after the slice: the bulk load (pandas frame: user_id, item_id)
+    bulk: pd.DataFrame  # seed rows after the slice: the bulk load (user_id, item_id)
 
 
 def train_and_export(workdir: Path, model_name: str) -> Model:
@@ -146,30 +167,6 @@ def train_and_export(workdir: Path, model_name: str) -> Model:
     }
     bulk = frame.iloc[SEED_ROWS : SEED_ROWS + BULK_EVENTS]
     return Model(export, train.users.ids, later, histories, bulk)
-
-
-def publish_and_activate(settings: Settings, export: Path) -> None:
-    """As a retrain and the updater do it: upload, `published`, then validate, stage, load, `activated`."""
-    from retrain.registry import ModelRegistry
-    from stream.model_events import ACTIVATED, PUBLISHED, ModelEvent
-    from stream.producer import EventProducer
-    from stream.storage import make_client
-    from updater.core import Updater
-
-    model = settings.model_name
-    registry = ModelRegistry(make_client(settings), settings.models_bucket, model)
-    registry.upload_version(export, 1)
-    with EventProducer(settings) as producer:
-        registry.announce(ModelEvent(PUBLISHED, model, 1, {}), producer, settings.model_updates_topic)
-        updater = Updater(settings, producer=producer)
-        try:
-            started = time.monotonic()
-            event = updater.process(1)
-        finally:
-            updater.close()
-    if event is None or event.event != ACTIVATED:
-        raise RuntimeError(f"the updater did not activate version 1: {event}")
-    log.info("version 1 published and activated in %.1fs", time.monotonic() - started)
 
 
 # -- the limit: the SavedModel in-process --------------------------------------------------------
@@ -228,7 +225,7 @@ def measure_limit(function: Any, histories: dict[str, list[str]], when: str) -> 
 @contextlib.contextmanager
 def scorer_process(
     settings: Settings, log_path: Path, metrics_port: int, http_port: int
-) -> Iterator[subprocess.Popen]:
+) -> Iterator[subprocess.Popen[bytes]]:
     """`recstream scorer` on the temporary stack (its stack.env), in its own process group."""
     env = {k: v for k, v in os.environ.items() if k not in {f.env for f in FIELDS}}
     env.update(
@@ -240,13 +237,7 @@ def scorer_process(
         }
     )
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "scorer"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = recstream_child("scorer", env, out)
     log.info("scorer pid %d (log %s)", proc.pid, log_path)
     try:
         yield proc
@@ -257,30 +248,13 @@ def scorer_process(
 
 def scorer_metrics(port: int) -> dict[str, float]:
     """The scorer's counters and histogram sums/counts that the steps compare (0 when absent)."""
-    import requests
-    from prometheus_client.parser import text_string_to_metric_families
-
-    wanted = {
-        "recstream_scorer_batch_size_sum",
-        "recstream_scorer_batch_size_count",
-        "recstream_scorer_predict_seconds_sum",
-        "recstream_scorer_predict_seconds_count",
-        "recstream_scorer_predict_retries_total",
-        "recstream_scorer_purchases_total",
-    }
-    out = dict.fromkeys(wanted, 0.0)
-    try:
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    except requests.RequestException as exc:
-        log.warning("scorer metrics unreadable: %s", exc)
-        return out
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in wanted:
-                out[sample.name] += sample.value
-            elif sample.name == "recstream_scorer_requests_total":
-                key = f"requests_{sample.labels.get('result')}"
-                out[key] = out.get(key, 0.0) + sample.value
+    page = observe.scrape(f"127.0.0.1:{port}", timeout_s=5.0)
+    if not page:
+        log.warning("scorer metrics unreadable on port %d", port)
+    out = {name: float(observe.total(page, name)) for name in SCORER_METRICS}
+    for labels, value in page.get(metric_names.SCORER_REQUESTS, []):
+        key = f"requests_{labels.get('result')}"
+        out[key] = out.get(key, 0.0) + value
     return out
 
 
@@ -413,10 +387,10 @@ class Users:
         return self.known[int(self.rng.integers(len(self.known)))], True
 
 
-def send_step(producer: Any, topic: str, ledger: Ledger, users: Users, step: int, rate: float,
+def send_step(producer: EventProducer, topic: str, ledger: Ledger, users: Users, step: int, rate: float,
               seconds: float, start: float) -> list[str]:  # fmt: skip
     """Open loop: request i is due at start + i/rate and sent then (or at once when behind)."""
-    from stream.schemas import RecommendationRequest
+    from stream.contracts.records import RecommendationRequest
 
     ids = []
     n = round(rate * seconds)
@@ -448,10 +422,10 @@ def wait_answers(ledger: Ledger, ids: Sequence[str], seconds: float) -> int:
     return missing
 
 
-def warm_up(producer: Any, settings: Settings, ledger: Ledger, users: Users, scorer: subprocess.Popen,
-            log_path: Path) -> float:  # fmt: skip
+def warm_up(producer: EventProducer, settings: Settings, ledger: Ledger, users: Users,
+            scorer: subprocess.Popen[bytes], log_path: Path) -> float:  # fmt: skip
     """One request until it is answered (group join, first Predict), then a burst; seconds taken."""
-    from stream.schemas import RecommendationRequest
+    from stream.contracts.records import RecommendationRequest
 
     started = time.perf_counter()
     deadline = started + SCORER_START_TIMEOUT_S
@@ -487,8 +461,8 @@ def warm_up(producer: Any, settings: Settings, ledger: Ledger, users: Users, sco
 
 def bulk_load(settings: Settings, model: Model) -> dict[str, Any]:
     """BULK_EVENTS purchases sent as fast as the producer goes (a backlog for the scorer's table)."""
+    from stream.contracts.records import Transaction
     from stream.producer import EventProducer
-    from stream.schemas import Transaction
 
     started = time.perf_counter()
     now = time.time()
@@ -607,15 +581,13 @@ def metric_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
-    batches = delta("recstream_scorer_batch_size_count")
-    predicts = delta("recstream_scorer_predict_seconds_count")
+    batches = delta(BATCH_SIZE_COUNT)
+    predicts = delta(PREDICT_COUNT)
     return {
         "predict_calls": int(predicts),
-        "mean_batch": round(delta("recstream_scorer_batch_size_sum") / batches, 2) if batches else None,
-        "mean_predict_ms": (
-            round(delta("recstream_scorer_predict_seconds_sum") / predicts * 1000, 2) if predicts else None
-        ),
-        "predict_retries": int(delta("recstream_scorer_predict_retries_total")),
+        "mean_batch": round(delta(BATCH_SIZE_SUM) / batches, 2) if batches else None,
+        "mean_predict_ms": (round(delta(PREDICT_SUM) / predicts * 1000, 2) if predicts else None),
+        "predict_retries": int(delta(metric_names.SCORER_PREDICT_RETRIES)),
     }
 
 
@@ -650,7 +622,7 @@ def kept_up(figures: dict[str, Any], p99_bound_s: float = P99_BOUND_S) -> bool:
 
 
 # -- main ---------------------------------------------------------------------------------------
-def run_steps(settings: Settings, model: Model, scorer: subprocess.Popen, metrics_port: int,
+def run_steps(settings: Settings, model: Model, scorer: subprocess.Popen[bytes], metrics_port: int,
               http_port: int, log_path: Path, function: Any, deadline: float) -> dict[str, Any]:  # fmt: skip
     """Warm the scorer up, measure the limit while it idles, run the steps, a step right after a bulk
     load of purchases, the HTTP steps, and measure the limit again."""
@@ -721,11 +693,11 @@ def run_steps(settings: Settings, model: Model, scorer: subprocess.Popen, metric
         late = wait_answers(ledger, everything, DRAIN_BEFORE_BULK_S if fell_behind else 2.0)
         log.info("end of the load: %d requests of the steps still unanswered", late)
         time.sleep(PAUSE_S)
-        purchases_before = scorer_metrics(metrics_port)["recstream_scorer_purchases_total"]
+        purchases_before = scorer_metrics(metrics_port)[metric_names.SCORER_PURCHASES]
         bulk = bulk_load(settings, model)
         log.info("step after the bulk load: %d requests/s for %.0fs", BULK_STEP_RATE, STEP_S)
         after_bulk = run_step(len(RATES), BULK_STEP_RATE, pids)
-        taken = scorer_metrics(metrics_port)["recstream_scorer_purchases_total"] - purchases_before
+        taken = scorer_metrics(metrics_port)[metric_names.SCORER_PURCHASES] - purchases_before
         bulk["scorer_backlog_at_step_end"] = int(bulk["events"] - taken)
         wait_answers(ledger, after_bulk["ids"], FINAL_WAIT_S)
         http = HttpLoad(http_port, users)
@@ -782,7 +754,11 @@ def main() -> None:
         ):
             work = Path(tmp)
             model = train_and_export(work, settings.model_name)
-            publish_and_activate(settings, model.export)
+            from updater.activate import publish_and_activate
+
+            activating = time.monotonic()
+            publish_and_activate(settings, model.export, 1)
+            log.info("version 1 published and activated in %.1fs", time.monotonic() - activating)
 
             import tensorflow as tf
 
@@ -824,7 +800,7 @@ def main() -> None:
 
 
 def _free_port() -> int:
-    from deploy.processes import free_port
+    from deploy.local.processes import free_port
 
     return free_port()
 

@@ -53,11 +53,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.common import SEED, setup_logging, write_result
+from stream.contracts.signatures import RECOMMEND, STABLE_LABEL
+
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger("bench.serving")
 
@@ -210,8 +214,8 @@ def user_batches(users: Sequence[str], batch: int) -> list[np.ndarray]:
 def model_server(home: Path, base: Path, config_file: Path) -> Iterator[str]:
     """The project's model server as the embedded stack starts it; yields its gRPC endpoint."""
     from deploy import modelserver
-    from deploy.processes import free_port, start_daemon, stop_pid, wait_healthy
-    from deploy.stack import MODELSERVER_ARGS
+    from deploy.local.processes import free_port, start_daemon, stop_pid, wait_healthy
+    from deploy.local.stack import MODELSERVER_ARGS
 
     grpc_port = free_port()
     while (rest_port := free_port()) == grpc_port:
@@ -244,12 +248,12 @@ class GrpcClients:
         for users in batches:
             request = predict_pb2.PredictRequest()
             request.model_spec.name = MODEL
-            request.model_spec.signature_name = "serving_default"
-            request.model_spec.version_label = "stable"
+            request.model_spec.signature_name = RECOMMEND
+            request.model_spec.version_label = STABLE_LABEL
             request.inputs["user_id"].CopyFrom(tf.make_tensor_proto(users, dtype=tf.string))
             request.inputs["k"].CopyFrom(tf.make_tensor_proto(K, dtype=tf.int32))
             self.requests.append(request)
-        self.channels: list[Any] = []
+        self.channels: list[grpc.Channel] = []
 
     def __call__(self) -> Call:
         import grpc
@@ -421,7 +425,7 @@ class OpenLoop:
 
 def swap_under_load(
     endpoint: str, base: Path, config_file: Path, make: Callable[[], Call], rate: float
-) -> dict:
+) -> dict[str, Any]:
     from updater.serving import STABLE, ConfigFile, Entry, Target
     from updater.swap import Fleet
 
@@ -498,7 +502,7 @@ def main() -> None:
 
         ConfigFile(config_file).set_entry(MODEL, base / MODEL, Entry(frozenset({1}), {STABLE: 1}))
         limit_model = tf.saved_model.load(str(base / MODEL / "1"))
-        function = limit_model.signatures["serving_default"]
+        function = limit_model.signatures[RECOMMEND]
         figures: dict[str, dict[str, Any]] = {}
         with model_server(home, base, config_file) as endpoint:
             for batch in BATCHES:
@@ -533,7 +537,7 @@ def main() -> None:
         headline["grpc"]["throughput"]["users_per_s"],
         f"users/s over gRPC, batch {BATCHES[-1]}, {THROUGHPUT_THREADS} client threads",
         headline["in_process"]["throughput"]["users_per_s"],
-        "the same SavedModel called in-process (tf.saved_model.load, serving_default), "
+        f"the same SavedModel called in-process (tf.saved_model.load, {RECOMMEND}), "
         "same batches and threads, same run",
         model={"seed_rows": SEED_ROWS, "epochs": EPOCHS, "users": len(users), "k": K},
         phase_seconds=PHASE_S,

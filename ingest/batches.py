@@ -7,46 +7,11 @@ date of each event's time into objects whose names derive from the offsets they 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
 
-from stream.schemas import Transaction
-
-PREFIX = "transactions"
-COLUMNS = ("event_id", "user_id", "item_id", "quantity", "ts", "partition", "offset")
-
-
-_EPOCH = date(1970, 1, 1)
-_FIRST_DAY, _LAST_DAY = (date.min - _EPOCH).days, (date.max - _EPOCH).days
-
-
-def event_date(ts: float) -> str:
-    """The UTC date of an epoch time, YYYY-MM-DD. Total: a flush must never fail on a row, so a
-    time beyond what a date can hold maps to the first or last date, and NaN to the first
-    (validated events never do either: stream.schemas bounds ts to (0, MAX_TS] and rejects NaN)."""
-    try:
-        day = datetime.fromtimestamp(ts, tz=UTC).date()
-    except (OverflowError, ValueError, OSError):
-        days = _LAST_DAY if ts > 0 else _FIRST_DAY  # NaN > 0 is False
-        if math.isfinite(ts):
-            days = min(max(math.floor(ts / 86400), _FIRST_DAY), _LAST_DAY)
-        day = _EPOCH + timedelta(days=days)
-    return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
-
-
-def object_name(date: str, partition: int, first: int, last: int) -> str:
-    """DESIGN's name: a function of the offsets only, so a redelivered batch rewrites the same object."""
-    return f"{PREFIX}/date={date}/part-{partition:05d}-{first:020d}-{last:020d}.parquet"
-
-
-def parse_object_name(name: str) -> tuple[str, int, int, int]:
-    """(date, partition, first, last) of an object written by `object_name`."""
-    date_part, _, file_part = name.removeprefix(f"{PREFIX}/").partition("/")
-    stem = file_part.removesuffix(".parquet")
-    _, partition, first, last = stem.split("-")
-    return date_part.removeprefix("date="), int(partition), int(first), int(last)
+from stream.contracts.lake import event_date, object_name
+from stream.contracts.records import Transaction
 
 
 @dataclass(frozen=True, slots=True)

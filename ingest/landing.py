@@ -8,54 +8,20 @@ same objects are rewritten with the same names and rows: exactly once in the sto
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TypeVar
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from minio import Minio
-from minio.error import S3Error
 
 from ingest.batches import Batch
-from stream.schemas import Transaction
+from stream import retry, storage
+from stream.contracts import lake
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("user_id", pa.string()),
-        ("item_id", pa.string()),
-        ("quantity", pa.int32()),
-        ("ts", pa.float64()),
-        ("partition", pa.int32()),
-        ("offset", pa.int64()),
-    ]
-)
-
-
-def to_parquet(rows: list[tuple[int, Transaction]], partition: int) -> bytes:
-    table = pa.table(
-        {
-            "event_id": [e.event_id for _, e in rows],
-            "user_id": [e.user_id for _, e in rows],
-            "item_id": [e.item_id for _, e in rows],
-            "quantity": [e.quantity for _, e in rows],
-            "ts": [e.ts for _, e in rows],
-            "partition": [partition] * len(rows),
-            "offset": [offset for offset, _ in rows],
-        },
-        schema=SCHEMA,
-    )
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    return buffer.getvalue()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,25 +33,20 @@ class Marker:
 
 
 class Backoff:
-    """Capped exponential backoff: a store call is retried until it succeeds, never given up on,
+    """A store call retried until it succeeds, never given up on (stream.retry.STORE_CALL),
     because giving up would mean committing offsets of rows that are not stored."""
 
     def __init__(
-        self, initial_s: float = 0.2, cap_s: float = 5.0, on_retry: Callable[[], None] | None = None
-    ):
-        self.initial_s, self.cap_s, self.on_retry = initial_s, cap_s, on_retry
+        self, policy: retry.Policy = retry.STORE_CALL, on_retry: Callable[[], None] | None = None
+    ) -> None:
+        self.policy, self.on_retry = policy, on_retry
 
     def run(self, what: str, call: Callable[[], T]) -> T:
-        delay = self.initial_s
-        while True:
-            try:
-                return call()
-            except Exception as exc:  # S3Error, urllib3 and socket errors alike: the store is not there
-                log.warning("%s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay)
-                if self.on_retry:
-                    self.on_retry()
-                time.sleep(delay)
-                delay = min(delay * 2, self.cap_s)
+        def log_retry(exc: BaseException, delay: float) -> None:
+            # S3Error, urllib3 and socket errors alike: the store is not there
+            log.warning("%s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay)
+
+        return retry.forever(self.policy, log_retry=log_retry, on_retry=self.on_retry)(call)
 
 
 class Lander:
@@ -93,30 +54,18 @@ class Lander:
         self.client, self.bucket, self.topic, self.backoff = client, bucket, topic, backoff
 
     def marker_name(self, partition: int) -> str:
-        return f"_ingest/{self.topic}/{partition:05d}.json"
+        return lake.marker_name(self.topic, partition)
 
     def read_marker(self, partition: int) -> Marker | None:
         def get() -> Marker | None:
-            try:
-                response = self.client.get_object(self.bucket, self.marker_name(partition))
-            except S3Error as exc:
-                if exc.code == "NoSuchKey":
-                    return None
-                raise
-            try:
-                return Marker(**json.loads(response.read()))
-            finally:
-                response.close()
-                response.release_conn()
+            data = storage.read_object_or_none(self.client, self.bucket, self.marker_name(partition))
+            return None if data is None else Marker(**json.loads(data))
 
         return self.backoff.run(f"read marker of partition {partition}", get)
 
     def _put(self, name: str, data: bytes, content_type: str) -> None:
         self.backoff.run(
-            f"write {name}",
-            lambda: self.client.put_object(
-                self.bucket, name, io.BytesIO(data), len(data), content_type=content_type
-            ),
+            f"write {name}", lambda: storage.put_object(self.client, self.bucket, name, data, content_type)
         )
 
     def write_marker(self, partition: int, marker: Marker) -> None:
@@ -129,5 +78,5 @@ class Lander:
         marker = Marker(batch.first, batch.last, sorted(objects))
         self.write_marker(batch.partition, marker)
         for name, rows in objects.items():
-            self._put(name, to_parquet(rows, batch.partition), "application/vnd.apache.parquet")
+            self._put(name, lake.to_parquet(rows, batch.partition), lake.CONTENT_TYPE)
         return marker

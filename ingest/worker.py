@@ -16,14 +16,16 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from ingest.batches import Batch, DeadLetter
 from ingest.landing import Backoff, Lander, Marker
+from stream.contracts import dead_letters
+from stream.contracts import metrics as metric_names
+from stream.contracts.records import InvalidMessage, derive_event_id, future_limit, parse_transaction
 from stream.faust_app import create_app
-from stream.schemas import InvalidMessage, derive_event_id, future_limit, parse_transaction
 from stream.settings import Settings
 from stream.storage import make_client
 
@@ -31,10 +33,10 @@ log = logging.getLogger(__name__)
 DLQ_SCAN_IDLE_POLLS = 60
 COMMIT_ATTEMPTS = 500  # about 10 s of retries while other commits run (see IngestWorker._commit)
 
-EVENTS = Counter("recstream_ingest_events_total", "Records consumed from transactions", ["result"])
-ROWS = Counter("recstream_ingest_rows_written_total", "Rows written to Parquet objects")
+EVENTS = Counter(metric_names.INGEST_EVENTS, "Records consumed from transactions", ["result"])
+ROWS = Counter(metric_names.INGEST_ROWS_WRITTEN, "Rows written to Parquet objects")
 OBJECTS = Counter("recstream_ingest_objects_written_total", "Parquet objects written")
-DEAD = Counter("recstream_ingest_dlq_total", "Records sent to the dead-letter topic", ["reason"])
+DEAD = Counter(metric_names.INGEST_DLQ, "Records sent to the dead-letter topic", ["reason"])
 STORE_RETRIES = Counter("recstream_ingest_store_retries_total", "Object store calls retried")
 FLUSH = Histogram(
     "recstream_ingest_flush_seconds",
@@ -43,7 +45,7 @@ FLUSH = Histogram(
 )
 VALID, INVALID = EVENTS.labels("valid"), EVENTS.labels("invalid")
 LAG = Gauge(
-    "recstream_ingest_consumer_lag", "Records behind the high watermark at the last flush", ["partition"]
+    metric_names.INGEST_CONSUMER_LAG, "Records behind the high watermark at the last flush", ["partition"]
 )
 REDELIVERED = Counter(
     "recstream_ingest_redelivered_batches_total", "Batches rewritten after an uncommitted flush"
@@ -88,7 +90,7 @@ class IngestWorker:
         self.stream: Any = None
         self.app.agent(self.source, name="land-transactions")(self._agent)
         self.app.timer(interval=min(1.0, settings.ingest_flush_s))(self._flush_aged)
-        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # (sender, revoked)
 
     async def _agent(self, stream: Any) -> None:
         self.stream = stream.noack()
@@ -156,6 +158,7 @@ class IngestWorker:
         """Land, dead-letter, ack, commit."""
         started = time.monotonic()
         partition = batch.partition
+        assert batch.first is not None and batch.last is not None  # a flushed batch is never empty
         highwater = self.app.consumer.highwater(events[-1].message.tp)
         if highwater is not None:
             LAG.labels(str(partition)).set(max(0, highwater - batch.last - 1))
@@ -164,7 +167,7 @@ class IngestWorker:
             REDELIVERED.inc()
             log.info("partition %d: rewriting uncommitted batch %d-%d", partition, batch.first, batch.last)
         marker = await asyncio.to_thread(self.lander.land, batch)
-        if batch.dead and not (redelivered and previous.dead_lettered):
+        if batch.dead and not (redelivered and previous is not None and previous.dead_lettered):
             # A redelivered batch may have had its dead letters sent just before the crash.
             await self._dead_letter(batch, skip=await self._sent_before(batch) if redelivered else set())
             await asyncio.to_thread(
@@ -199,7 +202,7 @@ class IngestWorker:
         for _ in range(COMMIT_ATTEMPTS):
             if await consumer.commit({tp}):
                 return
-            committed = consumer._committed_offset.get(tp)
+            committed = cast(Any, consumer)._committed_offset.get(tp)
             if committed is not None and committed >= next_offset:
                 return
             await asyncio.sleep(0.02)
@@ -218,16 +221,15 @@ class IngestWorker:
         Only a batch redelivered after a crash between sending its dead letters and marking them
         sent needs this, and the DLQ holds only invalid records, so the scan stays short.
         """
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import TopicPartition
 
-        wanted = {
-            f"{self.settings.transactions_topic}/{batch.partition}/{d.offset}".encode() for d in batch.dead
-        }
+        from stream.consumers import aio_consumer
+
+        topic = self.settings.transactions_topic
+        wanted = {dead_letters.source(topic, batch.partition, d.offset) for d in batch.dead}
         tp = TopicPartition(self.settings.dlq_topic, self._dlq_partition(batch.partition))
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.require("kafka_bootstrap"),
-            enable_auto_commit=False,
-            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
+        consumer = aio_consumer(
+            settings=self.settings, fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms
         )
         await consumer.start()
         found: set[int] = set()
@@ -241,9 +243,9 @@ class IngestWorker:
                 records = (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
                 idle = 0 if records else idle + 1
                 for record in records:
-                    source = dict(record.headers).get("source")
+                    source = dict(record.headers).get(dead_letters.SOURCE_HEADER)
                     if source in wanted:
-                        found.add(int(source.rsplit(b"/", 1)[1]))
+                        found.add(dead_letters.offset_of(source))
                 end = max(end, consumer.highwater(tp) or 0)
                 if not records and await consumer.position(tp) >= end:
                     break
@@ -261,16 +263,12 @@ class IngestWorker:
         for letter in batch.dead:
             if letter.offset in skip:
                 continue
-            headers = [
-                ("error", letter.reason.encode()),
-                ("source", f"{topic}/{batch.partition}/{letter.offset}".encode()),
-            ]
             pending.append(
                 await self.dlq.send(
                     key=letter.key,
                     value=letter.value,
                     partition=self._dlq_partition(batch.partition),
-                    headers=headers,
+                    headers=dead_letters.headers(letter.reason, topic, batch.partition, letter.offset),
                 )
             )
             DEAD.labels(_reason_kind(letter.reason)).inc()

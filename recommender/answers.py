@@ -1,4 +1,5 @@
-"""From a batch of requests and the model's ranked lists to the `recommendations` records.
+"""From a batch of requests and the model's ranked lists to the `recommendations` records
+(stream.contracts.recommendations).
 
 The served model already leaves out what a customer bought before it was trained; the
 scorer also leaves out what they bought since (the scorer's table), so it asks the model
@@ -7,13 +8,13 @@ for k plus that many items and the list is still k long while the catalogue allo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from stream.schemas import RecommendationRequest
+from stream.contracts import recommendations
+from stream.contracts.records import RecommendationRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,16 +44,14 @@ def answer(
 ) -> dict[str, object]:
     exclude = set(bought)
     chosen = [(item, float(score)) for item, score in zip(items, scores, strict=True) if item not in exclude]
-    chosen = chosen[: request.k]
-    return {
-        "request_id": request.request_id,
-        "user_id": request.user_id,
-        "items": [item for item, _ in chosen],
-        "scores": [round(score, 6) for _, score in chosen],
-        "model_version": version,
-        "fallback": fallback,
-        "latency_ms": round(latency_ms, 3),
-    }
+    return recommendations.answer(
+        request.request_id,
+        request.user_id,
+        chosen[: request.k],
+        model_version=version,
+        fallback=fallback,
+        latency_ms=latency_ms,
+    )
 
 
 def answers(
@@ -73,12 +72,3 @@ def answers(
         )
         for i, request in enumerate(requests)
     ]
-
-
-def error(request_id: str | None, message: str) -> dict[str, object]:
-    """An invalid or unanswerable request's record (request_id null when it had none)."""
-    return {"request_id": request_id, "error": message}
-
-
-def encode(record: dict[str, object]) -> bytes:
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()

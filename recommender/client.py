@@ -16,11 +16,12 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
+from stream.consumers import kafka_consumer
+from stream.contracts.records import DEFAULT_K, RecommendationRequest
 from stream.errors import RecstreamError
 from stream.producer import EventProducer
-from stream.schemas import DEFAULT_K, RecommendationRequest
 from stream.settings import Settings
 
 
@@ -35,10 +36,9 @@ class RecommendationClient:
         self.producer = EventProducer(
             settings, client_id="recstream-request", bootstrap=bootstrap, linger_ms=0
         )
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            enable_auto_commit=False,
-            group_id=None,
+        self.consumer = kafka_consumer(  # no group: every partition, from the end
+            settings=settings,
+            bootstrap=bootstrap,
             fetch_max_wait_ms=settings.kafka_request_fetch_max_wait_ms,
         )
         topic = settings.recommendations_topic

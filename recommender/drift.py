@@ -3,21 +3,24 @@
 Concept drift: a served recommendation is resolved by the user's next purchase of a product
 new to them within DRIFT_HORIZON_S (a hit if that product was in the list, a miss otherwise;
 no such purchase in time means no signal), as the offline holdout judges a model. The
-outcomes of one model version form an online hit rate; a Page-Hinkley test on them detects
-a fall. Data drift: the products bought in a recent
-window against the served version's training reference (metadata.json "reference"):
-the PSI of item popularity, binned by the reference's popularity so that sampling noise
-stays small, and the shares of unknown products (not in the reference) and of requests
-for unknown users (answered by the popularity fallback).
+outcomes of one model version form an online hit rate; a change detector on them (river's
+Page-Hinkley or ADWIN, recommender/detectors.py, picked by DRIFT_DETECTOR) detects a fall.
+Data drift: the products bought in a recent window against the served version's training
+reference (metadata.json "reference"): the PSI of item popularity, binned by the reference's
+popularity so that sampling noise stays small, and the shares of unknown products (not in the
+reference) and of requests for unknown users (answered by the popularity fallback).
 
-Alerts have hysteresis: a statistic fires when it crosses its threshold and is cleared only
-when it falls below half of it; while it stays raised and above the threshold it fires again
-once per repeat interval (as Alertmanager repeats a firing alert), so a drift that the last
-retrain did not cure is retried, and one statistic never fires more than once per cooldown.
+A detection is an edge: the detector starts afresh after it, and it raises one concept alert,
+at the first check past the cooldown. Data alerts have hysteresis: a statistic fires when it
+crosses its threshold and is cleared only when it falls below half of it; while it stays raised
+and above the threshold it fires again once per repeat interval (as Alertmanager repeats a
+firing alert), so a drift that the last retrain did not cure is retried, and one statistic
+never fires more than once per cooldown.
 Times are arrival times (record timestamps), so replayed events with old `ts` still join.
 Where a drift started is also given in event time (`from_ts`, the purchases' own `ts`, which is
-what the retrain's data carry): a concept alert's window starts at Page-Hinkley's change point
-(the first outcome after the cumulative sum's last low), a data alert's at its first purchase.
+what the retrain's data carry): a concept alert's window starts at the detector's change point
+(Page-Hinkley: the first outcome after the cumulative sum's last low; ADWIN: the first outcome
+of the window it kept), a data alert's at its first purchase.
 """
 
 from __future__ import annotations
@@ -28,30 +31,41 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.alerts import DriftAlert
+from recommender.detectors import ADWIN, Detector, PageHinkley
+from stream.contracts.alerts import DriftAlert
+from stream.contracts.metadata import DriftReference
+from stream.settings import Settings
 
 PSI_BINS = 10
 PSI_EPSILON = 1e-4  # share given to an empty bin, so the logarithm stays finite
 UNKNOWN = "__unknown__"
 
 
+# Where an outcome happened: (arrival time, event time), the tags the detectors keep.
+Moment = tuple[float, float]
+
+
 @dataclass(frozen=True, slots=True)
 class DriftConfig:
-    horizon_s: float = 3600.0
-    window_events: int = 2000  # purchases in the data-drift window
-    min_events: int = 500  # fewest purchases before data drift is judged
-    min_outcomes: int = 50  # fewest resolved recommendations before concept drift is judged
-    psi_threshold: float = 0.2
-    unknown_item_threshold: float = 0.2
-    unknown_user_threshold: float = 0.5
-    ph_delta: float = 0.05
-    ph_threshold: float = 15.0
-    cooldown_s: float = 300.0
-    repeat_s: float = 1800.0
-    max_pending_users: int = 200_000  # open recommendations kept (oldest dropped first)
+    """The drift tracker's knobs: the DRIFT_* settings (stream/settings.py declares each)."""
+
+    horizon_s: float
+    window_events: int  # purchases in the data-drift window
+    min_events: int  # fewest purchases before data drift is judged
+    min_outcomes: int  # fewest resolved recommendations before concept drift is judged
+    psi_threshold: float
+    unknown_item_threshold: float
+    unknown_user_threshold: float
+    detector: str  # page-hinkley or adwin
+    ph_delta: float
+    ph_threshold: float
+    adwin_delta: float
+    cooldown_s: float
+    repeat_s: float
+    max_pending_users: int = 200_000  # open recommendations kept (oldest dropped first); not a setting
 
     @classmethod
-    def from_settings(cls, settings: Any) -> DriftConfig:
+    def from_settings(cls, settings: Settings) -> DriftConfig:
         return cls(
             horizon_s=settings.drift_horizon_s,
             window_events=settings.drift_window_events,
@@ -60,45 +74,23 @@ class DriftConfig:
             psi_threshold=settings.drift_psi_threshold,
             unknown_item_threshold=settings.drift_unknown_item_threshold,
             unknown_user_threshold=settings.drift_unknown_user_threshold,
+            detector=settings.drift_detector,
             ph_delta=settings.drift_ph_delta,
             ph_threshold=settings.drift_ph_threshold,
+            adwin_delta=settings.drift_adwin_delta,
             cooldown_s=settings.drift_alert_cooldown_s,
             repeat_s=settings.drift_alert_repeat_s,
         )
 
-
-class PageHinkley:
-    """Page-Hinkley test for a fall of the mean: PH = m - min(m), m = sum(mean - x - delta).
-
-    `change_at` is the change point's estimate: the tag (`update`'s `at`) of the first
-    observation after m's last low, where the fall the statistic measures began.
-    """
-
-    def __init__(self, delta: float, threshold: float) -> None:
-        self.delta, self.threshold = delta, threshold
-        self.reset()
-
-    def reset(self) -> None:
-        self.n = 0
-        self.mean = 0.0
-        self.cumulative = 0.0
-        self.minimum = 0.0
-        self.change_at: Any = None
-
-    def update(self, x: float, at: Any = None) -> float:
-        """Add one observation (tagged `at`); returns the statistic (an alarm when above the threshold)."""
-        self.n += 1
-        self.mean += (x - self.mean) / self.n
-        self.cumulative += self.mean - x - self.delta
-        if self.cumulative <= self.minimum:
-            self.minimum, self.change_at = self.cumulative, None
-        elif self.change_at is None:
-            self.change_at = at
-        return self.statistic
-
-    @property
-    def statistic(self) -> float:
-        return self.cumulative - self.minimum
+    def new_detector(self) -> Detector[Moment]:
+        """A fresh detector of a version's hit rate; it judges from `min_outcomes` outcomes on."""
+        if self.detector == "adwin":
+            return ADWIN(delta=self.adwin_delta, min_instances=self.min_outcomes)
+        if self.detector == "page-hinkley":
+            return PageHinkley(
+                delta=self.ph_delta, threshold=self.ph_threshold, min_instances=self.min_outcomes
+            )
+        raise ValueError(f"unknown drift detector {self.detector!r}")
 
 
 def popularity_bins(reference: Mapping[str, float], bins: int = PSI_BINS) -> dict[str, int]:
@@ -139,10 +131,8 @@ class Reference:
 
     @classmethod
     def from_metadata(cls, version: int, metadata: Mapping[str, Any]) -> Reference | None:
-        shares = (metadata.get("reference") or {}).get("item_share")
-        if not isinstance(shares, dict) or not shares:
-            return None
-        return cls(version, {str(k): float(v) for k, v in shares.items()})
+        shares = DriftReference.item_shares(metadata)
+        return None if shares is None else cls(version, shares)
 
     def actual(self, items: Iterable[str]) -> tuple[list[float], float]:
         """The window's distribution over the bins, and its share of unknown items."""
@@ -172,12 +162,27 @@ class Alarm:
             return True
         return False
 
+    def edge(self, now: float) -> bool:
+        """An event that is a crossing in itself (a detector's detection): fires past the cooldown."""
+        if now - self.last_fired < self.cooldown_s:
+            return False
+        self.last_fired = now
+        return True
+
 
 @dataclass
 class _Pending:
     served_at: float
     items: frozenset[str]
     version: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """A detection not alerted yet (within the cooldown): the statistic then and where the fall began."""
+
+    value: float
+    at: Moment | None
 
 
 class DriftMonitor:
@@ -188,7 +193,10 @@ class DriftMonitor:
         self.pending: OrderedDict[str, list[_Pending]] = OrderedDict()
         # One detector per version: after a swap, the old version's open recommendations keep
         # resolving for up to the horizon, and must not reset the new version's test.
-        self.detectors: dict[int, PageHinkley] = {}
+        self.detectors: dict[int, Detector[Moment]] = {}
+        self.changes: dict[int, _Change] = {}  # version -> its first detection not alerted yet
+        probe = config.new_detector()
+        self.concept_statistic = f"{probe.name}_hit_rate"  # e.g. page_hinkley_hit_rate
         self.outcomes: dict[int, list[int]] = {}  # version -> [hits, misses]
         self.served_version: int | None = None  # the version of the latest answer: the one judged
         self.purchases: deque[str] = deque(maxlen=config.window_events)
@@ -198,7 +206,7 @@ class DriftMonitor:
         self.reference: Reference | None = None
         self.expired = 0
         thresholds = {
-            "page_hinkley_hit_rate": config.ph_threshold,
+            self.concept_statistic: probe.threshold,
             "psi_item_popularity": config.psi_threshold,
             "unknown_item_share": config.unknown_item_threshold,
             "unknown_user_share": config.unknown_user_threshold,
@@ -222,9 +230,7 @@ class DriftMonitor:
 
     def served(self, user_id: str, items: Iterable[str], version: int, fallback: bool, now: float) -> None:
         self.requests.append(fallback)
-        if version != self.served_version:
-            self.served_version = version
-            self.alarms["page_hinkley_hit_rate"].armed = True
+        self.served_version = version
         entry = _Pending(now, frozenset(items), version)
         queue = self.pending.setdefault(user_id, [])
         queue.append(entry)
@@ -257,13 +263,14 @@ class DriftMonitor:
                 continue
             self._outcome(entry.version, item_id in entry.items, (now, event_ts))
 
-    def _outcome(self, version: int, hit: bool, at: tuple[float, float] | None = None) -> None:
+    def _outcome(self, version: int, hit: bool, at: Moment | None = None) -> None:
         counts = self.outcomes.setdefault(version, [0, 0])
         counts[0 if hit else 1] += 1
         detector = self.detectors.get(version)
         if detector is None:
-            detector = self.detectors[version] = PageHinkley(self.config.ph_delta, self.config.ph_threshold)
-        detector.update(1.0 if hit else 0.0, at)
+            detector = self.detectors[version] = self.config.new_detector()
+        if detector.update(1.0 if hit else 0.0, at) and version not in self.changes:
+            self.changes[version] = _Change(detector.statistic, detector.change_at)
 
     def hit_rate(self, version: int) -> float | None:
         hits, misses = self.outcomes.get(version, (0, 0))
@@ -278,21 +285,9 @@ class DriftMonitor:
     def check(self, now: float) -> list[DriftAlert]:
         self.expire(now)
         alerts = []
-        version = self.served_version
-        detector = self.detectors.get(version) if version is not None else None
-        if detector is not None and detector.n >= self.config.min_outcomes:
-            value = detector.statistic
-            self.last["page_hinkley_hit_rate"] = value
-            if self.alarms["page_hinkley_hit_rate"].check(value, now):
-                hits, misses = self.outcomes[version]
-                window: dict[str, Any] = {
-                    "outcomes": hits + misses,
-                    "hit_rate": round(hits / (hits + misses), 4),
-                }
-                if detector.change_at is not None:  # the fall's first outcome (arrival, event time)
-                    window["from"], window["from_ts"] = detector.change_at
-                alerts.append(self._alert("concept", "page_hinkley_hit_rate", value, version, window, now))
-                detector.reset()
+        concept = self._concept(now)
+        if concept is not None:
+            alerts.append(concept)
         reference = self.reference
         if reference is not None and len(self.purchases) >= self.config.min_events:
             actual, unknown_items = reference.actual(self.purchases)
@@ -314,6 +309,24 @@ class DriftMonitor:
                 if self.alarms[name].check(value, now):
                     alerts.append(self._alert("data", name, value, reference.version, window, now))
         return alerts
+
+    def _concept(self, now: float) -> DriftAlert | None:
+        """The served version's detection as an alert, once past the cooldown (it waits until then)."""
+        version = self.served_version
+        detector = self.detectors.get(version) if version is not None else None
+        if version is None or detector is None or detector.n < self.config.min_outcomes:
+            return None
+        statistic = self.concept_statistic
+        change = self.changes.get(version)
+        self.last[statistic] = detector.statistic if change is None else change.value
+        if change is None or not self.alarms[statistic].edge(now):
+            return None
+        del self.changes[version]
+        hits, misses = self.outcomes[version]
+        window: dict[str, Any] = {"outcomes": hits + misses, "hit_rate": round(hits / (hits + misses), 4)}
+        if change.at is not None:  # the fall's first outcome (arrival, event time)
+            window["from"], window["from_ts"] = change.at
+        return self._alert("concept", statistic, change.value, version, window, now)
 
     def _alert(
         self, kind: str, statistic: str, value: float, version: int, window: dict[str, Any], now: float

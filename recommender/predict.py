@@ -16,8 +16,8 @@ import grpc
 import numpy as np
 
 from recommender.answers import Ranked
-from stream.signatures import RECOMMEND, RECOMMEND_HISTORY
-from stream.signatures import STABLE_LABEL as STABLE
+from stream.contracts.signatures import RECOMMEND, RECOMMEND_HISTORY
+from stream.contracts.signatures import STABLE_LABEL as STABLE
 
 log = logging.getLogger(__name__)
 RETRYABLE = frozenset(

@@ -17,8 +17,8 @@ the producer, and the next batch is fetched while they are delivered. A committe
 fetch order, the offsets of batches whose answers were all delivered, coalescing what is ready
 into one commit; at most IN_FLIGHT batches wait for it. Every request is answered at least
 once: a failure anywhere (the request broker overloaded or restarting) rewinds to the committed
-offsets and answers again after a backoff (clients keep the first answer by request_id), never
-abandoning a request.
+offsets and answers again after a backoff (stream.retry.REQUEST_CYCLE; clients keep the first
+answer by request_id), never abandoning a request.
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from stream import retry
+from stream.consumers import aio_consumer
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 GROUP = "recstream-scorer-requests"
 IDLE_S = 0.1  # wait between looks at the assignment while this worker owns no partition
-RETRY_MIN_S, RETRY_MAX_S = 0.1, 5.0  # after a failed cycle (the request broker timed out, restarted)
 IN_FLIGHT = 8  # batches answered but not yet committed
 STOP_TIMEOUT_S = 10.0
 
@@ -86,36 +87,34 @@ class RequestPath:
             loop.close()
 
     async def _answer_forever(self) -> None:
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+        from aiokafka import AIOKafkaProducer
 
         settings = self.settings
         bootstrap = settings.requests_kafka_bootstrap
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=GROUP,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",  # requests older than SCORER_DEADLINE_S get an error answer
+        consumer = aio_consumer(
+            settings=settings,
+            bootstrap=bootstrap,
+            group_id=GROUP,  # assigned partitions, never subscribed: the group only keeps offsets
+            offset_reset="earliest",  # requests older than SCORER_DEADLINE_S get an error answer
             fetch_max_wait_ms=settings.kafka_request_fetch_max_wait_ms,
         )
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks="all")
         await consumer.start()
         await producer.start()
-        delay = RETRY_MIN_S
+
+        def log_retry(exc: BaseException, delay: float) -> None:
+            name = type(exc).__name__
+            log.warning("request path: %s: %s; again from the committed offsets in %.1fs", name, exc, delay)
+
         try:
-            while True:
-                try:
-                    await self._answer(consumer, producer)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a broker that times out or restarts: never the end of answering
-                    FAILURES.inc()
-                    log.warning("request path: %s: %s; again from the committed offsets in %.1fs",
-                                type(exc).__name__, exc, delay)  # fmt: skip
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX_S)
-                    await self._rewind(consumer)
-                else:
-                    delay = RETRY_MIN_S
+            while True:  # a cycle that ends without failing starts again from the first delay
+                # A broker that times out or restarts is never the end of answering.
+                cycles = retry.forever_async(retry.REQUEST_CYCLE, log_retry=log_retry, on_retry=FAILURES.inc)
+                async for attempt in cycles:
+                    if attempt.retry_state.attempt_number > 1:
+                        await self._rewind(consumer)
+                    with attempt:
+                        await self._answer(consumer, producer)
         finally:
             await producer.stop()
             await consumer.stop()
@@ -124,7 +123,7 @@ class RequestPath:
         """Fetch, answer and hand over batches while a committer commits them in order."""
         from aiokafka import TopicPartition
 
-        from recommender.answers import encode
+        from stream.contracts.recommendations import encode
 
         settings = self.settings
         delivered: asyncio.Queue[Batch] = asyncio.Queue(maxsize=IN_FLIGHT)

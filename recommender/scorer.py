@@ -39,34 +39,44 @@ from recommender import answers as records
 from recommender.drift import DriftConfig, DriftMonitor, Reference
 from recommender.predict import PredictFailed, Predictor, Retryable
 from recommender.request_path import RequestPath
+from stream import retry
+from stream.consumers import aio_consumer
+from stream.contracts import metrics as metric_names
+from stream.contracts import recommendations
+from stream.contracts.model_events import parse_model_event
+from stream.contracts.records import (
+    MAX_K,
+    InvalidMessage,
+    RecommendationRequest,
+    parse_request,
+    parse_transaction,
+)
 from stream.faust_app import create_app
-from stream.model_events import parse_model_event
-from stream.schemas import MAX_K, InvalidMessage, RecommendationRequest, parse_request, parse_transaction
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-REQUESTS = Counter("recstream_scorer_requests_total", "Requests answered", ["result"])
+REQUESTS = Counter(metric_names.SCORER_REQUESTS, "Requests answered", ["result"])
 LATENCY = Histogram(
-    "recstream_scorer_latency_seconds",
+    metric_names.SCORER_LATENCY,
     "From a request being produced to its answer being sent",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 BATCH = Histogram(
-    "recstream_scorer_batch_size", "Requests per Predict", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+    metric_names.SCORER_BATCH_SIZE, "Requests per Predict", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
 )
 PREDICT = Histogram(
-    "recstream_scorer_predict_seconds",
+    metric_names.SCORER_PREDICT_SECONDS,
     "One Predict call",
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
-RETRIES = Counter("recstream_scorer_predict_retries_total", "Predict calls retried (server unavailable)")
-PURCHASES = Counter("recstream_scorer_purchases_total", "Transactions seen by the scorer", ["result"])
-SERVED_VERSION = Gauge("recstream_scorer_model_version", "Version of the last answer (0: none yet)")
-HIT_RATE = Gauge("recstream_drift_online_hit_rate", "Hit rate of resolved recommendations", ["version"])
+RETRIES = Counter(metric_names.SCORER_PREDICT_RETRIES, "Predict calls retried (server unavailable)")
+PURCHASES = Counter(metric_names.SCORER_PURCHASES, "Transactions seen by the scorer", ["result"])
+SERVED_VERSION = Gauge(metric_names.SCORER_MODEL_VERSION, "Version of the last answer (0: none yet)")
+HIT_RATE = Gauge(metric_names.DRIFT_HIT_RATE, "Hit rate of resolved recommendations", ["version"])
 OUTCOMES = Gauge("recstream_drift_outcomes", "Resolved recommendations", ["version", "result"])
-STATISTIC = Gauge("recstream_drift_statistic", "Last value of each drift statistic", ["statistic"])
-ALERTS = Counter("recstream_drift_alerts_total", "Drift alerts published", ["kind", "statistic"])
+STATISTIC = Gauge(metric_names.DRIFT_STATISTIC, "Last value of each drift statistic", ["statistic"])
+ALERTS = Counter(metric_names.DRIFT_ALERTS, "Drift alerts published", ["kind", "statistic"])
 
 Answer = tuple[str, dict[str, object]]  # (key: the user id, or the request id of an invalid one; record)
 
@@ -170,7 +180,10 @@ class Scorer:
             except InvalidMessage as exc:
                 REQUESTS.labels("invalid").inc()
                 out.append(
-                    (exc.request_id or "", records.error(exc.request_id, f"invalid request: {exc.reason}"))
+                    (
+                        exc.request_id or "",
+                        recommendations.error(exc.request_id, f"invalid request: {exc.reason}"),
+                    )
                 )
             else:
                 pending.append((request, produced))
@@ -183,7 +196,7 @@ class Scorer:
             for request, _ in pending:
                 if request.request_id not in answered:
                     REQUESTS.labels("error").inc()
-                    out.append((request.user_id, records.error(request.request_id, "scorer failure")))
+                    out.append((request.user_id, recommendations.error(request.request_id, "scorer failure")))
         return out
 
     async def _http_view(self, web: Any, request: Any, user_id: str) -> Any:
@@ -197,7 +210,7 @@ class Scorer:
             parsed = parse_request(json.dumps(fields).encode())
         except InvalidMessage as exc:
             REQUESTS.labels("invalid").inc()
-            return web.json(records.error(request_id, f"invalid request: {exc.reason}"), status=400)
+            return web.json(recommendations.error(request_id, f"invalid request: {exc.reason}"), status=400)
         ((_, record),) = await self._recommend([(parsed, time.time())])
         return web.json(record, status=200 if "error" not in record else 503)
 
@@ -205,62 +218,67 @@ class Scorer:
         """Answers for valid requests: retried while the model server is unavailable, then errors."""
         predictor = self._predictor()
         out: list[Answer] = []
-        delay = 0.1
-        while pending:
-            requests = [request for request, _ in pending]
-            histories = [self.history(request.user_id) for request in requests]
-            started = time.perf_counter()
-            try:
-                ranked = await predictor.recommend(
-                    [r.user_id for r in requests],
-                    max(request.k for request in requests),
-                    histories if self.settings.scorer_live_history else None,
-                    # Without the history signature the model cannot leave out what the user bought
-                    # since training: ask for enough to keep k after the scorer filters it.
-                    fallback_k=min(
-                        records.model_k(requests, histories), MAX_K + self.settings.scorer_history_items
-                    ),
-                )
-            except Retryable as exc:
-                RETRIES.inc()
+
+        def log_retry(exc: BaseException, delay: float) -> None:
+            log.warning("Predict failed (%s); retrying %d requests in %.1fs", exc, len(pending), delay)
+
+        async for attempt in retry.forever_async(retry.PREDICT, log_retry=log_retry, retry_on=Retryable):
+            with attempt:
+                if not pending:
+                    return out
+                requests = [request for request, _ in pending]
+                histories = [self.history(request.user_id) for request in requests]
+                started = time.perf_counter()
+                try:
+                    ranked = await predictor.recommend(
+                        [r.user_id for r in requests],
+                        max(request.k for request in requests),
+                        histories if self.settings.scorer_live_history else None,
+                        # Without the history signature the model cannot leave out what the user bought
+                        # since training: ask for enough to keep k after the scorer filters it.
+                        fallback_k=min(
+                            records.model_k(requests, histories), MAX_K + self.settings.scorer_history_items
+                        ),
+                    )
+                except Retryable as exc:
+                    RETRIES.inc()
+                    now = time.time()
+                    late = [(r, ts) for r, ts in pending if now - ts >= self.settings.scorer_deadline_s]
+                    for request, _ in late:
+                        REQUESTS.labels("expired").inc()
+                        out.append(
+                            (
+                                request.user_id,
+                                recommendations.error(request.request_id, f"unanswered in time: {exc}"),
+                            )
+                        )
+                    pending = [p for p in pending if p not in late]
+                    if pending:
+                        raise  # retried after the policy's delay
+                    return out
+                except PredictFailed as exc:
+                    log.error("Predict failed: %s", exc)
+                    for request, _ in pending:
+                        REQUESTS.labels("error").inc()
+                        out.append((request.user_id, recommendations.error(request.request_id, str(exc))))
+                    return out
+                PREDICT.observe(time.perf_counter() - started)
+                BATCH.observe(len(requests))
                 now = time.time()
-                late = [(r, ts) for r, ts in pending if now - ts >= self.settings.scorer_deadline_s]
-                for request, _ in late:
-                    REQUESTS.labels("expired").inc()
-                    out.append(
-                        (request.user_id, records.error(request.request_id, f"unanswered in time: {exc}"))
-                    )
-                pending = [p for p in pending if p not in late]
-                if pending:
-                    log.warning(
-                        "Predict failed (%s); retrying %d requests in %.1fs", exc, len(pending), delay
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                continue
-            except PredictFailed as exc:
-                log.error("Predict failed: %s", exc)
-                for request, _ in pending:
-                    REQUESTS.labels("error").inc()
-                    out.append((request.user_id, records.error(request.request_id, str(exc))))
+                latencies = [(now - ts) * 1000 for _, ts in pending]
+                answered = records.answers(requests, ranked, histories, latencies)
+                served = []
+                for record, (request, ts), latency in zip(answered, pending, latencies, strict=True):
+                    out.append((request.user_id, record))
+                    LATENCY.observe(latency / 1000)
+                    REQUESTS.labels("fallback" if record["fallback"] else "model").inc()
+                    served.append((request.user_id, record["items"], bool(record["fallback"]), ts))
+                SERVED_VERSION.set(ranked.version)
+                if self.loop is None or self.loop is asyncio.get_running_loop():
+                    self._served(ranked.version, served)
+                else:
+                    self.loop.call_soon_threadsafe(self._served, ranked.version, served)
                 return out
-            PREDICT.observe(time.perf_counter() - started)
-            BATCH.observe(len(requests))
-            now = time.time()
-            latencies = [(now - ts) * 1000 for _, ts in pending]
-            answered = records.answers(requests, ranked, histories, latencies)
-            served = []
-            for record, (request, ts), latency in zip(answered, pending, latencies, strict=True):
-                out.append((request.user_id, record))
-                LATENCY.observe(latency / 1000)
-                REQUESTS.labels("fallback" if record["fallback"] else "model").inc()
-                served.append((request.user_id, record["items"], bool(record["fallback"]), ts))
-            SERVED_VERSION.set(ranked.version)
-            if self.loop is None or self.loop is asyncio.get_running_loop():
-                self._served(ranked.version, served)
-            else:
-                self.loop.call_soon_threadsafe(self._served, ranked.version, served)
-            return out
         return out
 
     def _served(self, version: int, served: list[tuple[str, Any, bool, float]]) -> None:
@@ -273,15 +291,11 @@ class Scorer:
     # -- the served version and its training reference ---------------------------------------
 
     async def _follow_model_updates(self) -> None:
-        from aiokafka import AIOKafkaConsumer
-
-        consumer = AIOKafkaConsumer(
+        consumer = aio_consumer(
             self.settings.model_updates_topic,
-            bootstrap_servers=self.settings.require("kafka_bootstrap"),
+            settings=self.settings,
             fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,  # a control topic
-            group_id=None,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
+            offset_reset="earliest",  # no group: every scorer reads every event
         )
         await consumer.start()
         try:
@@ -328,7 +342,7 @@ class Scorer:
             self.fetching[version] = asyncio.ensure_future(self._fetch_reference(version))
 
     async def _fetch_reference(self, version: int) -> None:
-        from retrain.registry import ModelRegistry
+        from stream.registry import ModelRegistry
         from stream.storage import make_client
 
         try:

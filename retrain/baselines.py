@@ -185,8 +185,8 @@ class Transition:
         for d in range(1, self.window + 1):
             same = (owners[d:] == owners[:-d]) & (items[d:] != items[:-d])
             np.add.at(counts, items[:-d][same] * n + items[d:][same], self.decay ** (d - 1))
-        counts = counts.reshape(n, n)
-        self.transitions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1e-9)
+        square = counts.reshape(n, n)
+        self.transitions = square / np.maximum(square.sum(axis=1, keepdims=True), 1e-9)
         return self
 
     def scores(self, users: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Pure numpy/pandas (no TensorFlow), so the scheduler, the gate and the tools can import it cheaply.
 
-Input is the frame the dataset reader returns (`ingest.reader.read_transactions`): one row per
+Input is the frame the dataset reader returns (`stream.lake.read_transactions`): one row per
 purchase event with columns event_id, user_id, item_id, quantity, ts, partition, offset. A
 user's events are ordered by (ts, offset); `quantity` is ignored (a purchase is a purchase:
 implicit feedback), repeated purchases of an item stay in the sequence.
@@ -26,7 +26,6 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-EVENT_COLUMNS = ("event_id", "user_id", "item_id", "quantity", "ts", "partition", "offset")
 MIN_DISTINCT_ITEMS = 3
 
 

@@ -43,9 +43,10 @@ from retrain.lineage import (
     of_candidate,
     training_lineage,
 )
-from retrain.registry import METADATA, ModelRegistry
+from stream.contracts.metadata import METADATA, DriftReference
+from stream.contracts.model_events import PUBLISHED, REJECTED, ModelEvent
 from stream.errors import RecstreamError
-from stream.model_events import PUBLISHED, REJECTED, ModelEvent
+from stream.registry import ModelRegistry
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class Exported:
 
 
 def read_window(settings: Settings, now: float | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
-    from ingest.reader import read_transactions
+    from stream.lake import read_transactions
     from stream.storage import make_client
 
     end = now if now is not None else time.time()
@@ -222,7 +223,7 @@ def train_candidate(
         }
         if parent_model is not None:
             figures["active"] = _parent_metrics(parent_model, train, evalset).as_dict()
-    metrics = {
+    metrics: dict[str, dict[str, float | int]] = {
         name: holdouts["recent"][name]
         for name in ("candidate", "popularity", "active")
         if name in holdouts["recent"]
@@ -301,12 +302,12 @@ def reference_distributions(train: Interactions) -> dict[str, Any]:
     counts = np.bincount(train.items, minlength=train.n_items).astype(np.float64)
     share = counts / counts.sum() if counts.sum() else counts
     order = np.argsort(-share, kind="stable")[:REFERENCE_TOP_ITEMS]
-    return {
-        "item_share": {train.item_vocab.ids[i]: round(float(share[i]), 8) for i in order},
-        "users": train.n_users,
-        "items": train.n_items,
-        "events": len(train.items),
-    }
+    return DriftReference(
+        item_share={train.item_vocab.ids[i]: round(float(share[i]), 8) for i in order},
+        users=train.n_users,
+        items=train.n_items,
+        events=len(train.items),
+    ).to_dict()
 
 
 def metadata(settings: Settings, candidate: Candidate, version: int) -> dict[str, Any]:

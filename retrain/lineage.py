@@ -16,7 +16,7 @@ metadata.json "lineage" (and the registry's `published` / `rejected` event objec
   tracked files differ from it); `libraries`: TensorFlow, Keras, pandas, pyarrow, numpy versions
   (read from package metadata: nothing here imports TensorFlow).
 
-`rebuild` trains a version again from its recorded records and parameters into a new version.
+retrain.rebuild trains a version again from these records and parameters into a new version.
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ import hashlib
 import importlib.metadata
 import logging
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +37,6 @@ if TYPE_CHECKING:
     import pandas as pd
     from minio import Minio
 
-    from retrain.job import Outcome, Progress
-    from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -111,22 +106,18 @@ def landed_objects(
     Objects are filed by their rows' event date, so only the dates from `oldest_ts` to
     `newest_ts` are listed.
     """
-    from ingest.batches import PREFIX, event_date, parse_object_name
+    from stream.contracts.lake import event_date, parse_object_name
+    from stream.lake import object_names
 
-    first_day, last_day = event_date(oldest_ts), event_date(newest_ts)
     names = []
-    for day_dir in client.list_objects(bucket, prefix=f"{PREFIX}/", recursive=False):
-        day = day_dir.object_name.removeprefix(f"{PREFIX}/date=").rstrip("/")
-        if not day_dir.is_dir or not first_day <= day <= last_day:
-            continue
-        for obj in client.list_objects(bucket, prefix=day_dir.object_name, recursive=True):
-            try:
-                _, partition, first, last = parse_object_name(obj.object_name)
-            except ValueError:
-                continue  # not an object ingest wrote
-            runs = ranges.get(str(partition))
-            if runs and _overlaps(runs, first, last):
-                names.append(obj.object_name)
+    for name in object_names(client, bucket, event_date(oldest_ts), event_date(newest_ts)):
+        try:
+            _, partition, first, last = parse_object_name(name)
+        except ValueError:
+            continue  # not an object ingest wrote
+        runs = ranges.get(str(partition))
+        if runs and _overlaps(runs, first, last):
+            names.append(name)
     return sorted(names)
 
 
@@ -140,7 +131,7 @@ def data_lineage(client: Minio, bucket: str, topic: str, frame: pd.DataFrame) ->
     ranges = partition_ranges(frame)
     oldest = float(frame["ts"].min()) if len(frame) else None
     newest = float(frame["ts"].max()) if len(frame) else None
-    names = landed_objects(client, bucket, ranges, oldest, newest) if len(frame) else []
+    names = landed_objects(client, bucket, ranges, oldest, newest) if oldest and newest else []
     return {
         "topic": topic,
         "partitions": ranges,
@@ -259,13 +250,8 @@ def of_candidate(summary: dict[str, Any], parent: int | None) -> dict[str, Any]:
 def read_records(client: Minio, bucket: str, lineage: dict[str, Any]) -> pd.DataFrame:
     """The records a version learnt from: its objects, filtered to its offset ranges, deduplicated
     as the reader does. LineageError when the objects or the records are not the recorded ones."""
-    import io
-
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ingest.batches import COLUMNS
+    from stream.contracts.lake import COLUMNS
+    from stream.lake import latest_per_event, read_objects
 
     ranges = lineage.get("partitions")
     if not ranges or lineage.get("records") is None:
@@ -277,85 +263,12 @@ def read_records(client: Minio, bucket: str, lineage: dict[str, Any]) -> pd.Data
             f"the landed objects changed since the version was trained: {len(names)} objects now "
             f"overlap its offset ranges, {recorded.get('count')} did (digest differs)"
         )
-    tables = []
-    for name in names:
-        response = client.get_object(bucket, name)
-        try:
-            data = response.read()
-        finally:
-            response.close()
-            response.release_conn()
-        tables.append(pq.read_table(io.BytesIO(data), columns=list(COLUMNS)))
-    frame = pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame(columns=list(COLUMNS))
+    frame = read_objects(client, bucket, names, COLUMNS)
     frame = frame[in_ranges(frame["partition"].to_numpy(), frame["offset"].to_numpy(), ranges)]
-    frame = frame.sort_values(["ts", "offset"], kind="stable").drop_duplicates("event_id", keep="last")
-    frame = frame.reset_index(drop=True)
+    frame = latest_per_event(frame).reset_index(drop=True)
     if len(frame) != lineage["records"] or partition_ranges(frame) != ranges:
         raise LineageError(
             f"the objects hold {len(frame):,} of the version's records in its offset ranges, "
             f"it recorded {lineage['records']:,}"
         )
     return frame
-
-
-# -- rebuild -----------------------------------------------------------------------------------
-REBUILD_OF = "rebuild of version"  # the reason a rebuilt version is announced with (never served)
-
-
-@dataclass
-class Rebuilt:
-    original: int
-    original_metrics: dict[str, dict[str, Any]]
-    outcome: Outcome
-
-
-def rebuild(settings: Settings, version: int, progress: Progress | None = None) -> Rebuilt:
-    """Train `version` again from its recorded records, window, parent and parameters into a new
-    version, uploaded for comparison (when it passes the gate, as any candidate) but announced
-    `rejected` with the reason "rebuild of version N", so that no updater serves a model of older
-    data in place of the active one; the old version is left as it is."""
-    from retrain import cf_model as model
-    from retrain.dataset import temporal_holdout
-    from retrain.job import Prepared, publish, train_candidate
-    from retrain.registry import METADATA, ModelRegistry
-    from stream.storage import make_client
-
-    client = make_client(settings)
-    registry = ModelRegistry(client, settings.models_bucket, settings.model_name)
-    state = registry.state()
-    if version not in state.status:
-        raise LineageError(f"model {settings.model_name} has no version {version}")
-    if version not in state.published():
-        raise LineageError(
-            f"version {version} of {settings.model_name} was never exported ({state.status[version]}): "
-            "only exported versions can be rebuilt"
-        )
-    meta = registry.metadata(version)
-    lineage = meta.get("lineage") or {}
-    if not lineage.get("partitions"):
-        raise LineageError(f"version {version} has no lineage in its {METADATA} (made before lineage)")
-    started = time.monotonic()
-    frame = read_records(client, settings.data_bucket, lineage)
-    # Op determinism as the original had; one thread is not needed (measured: identical weights
-    # with TensorFlow's default pools and with one thread, which trains 5.6 times slower).
-    applied = deterministic_training()
-    window = {key: value for key, value in meta["window"].items() if key != "lineage"}
-    records = data_lineage(client, settings.data_bucket, lineage.get("topic") or "", frame)
-    records["topic"] = lineage.get("topic")
-    records["rebuild_of"] = version
-    window["lineage"] = records
-    holdout = temporal_holdout(frame[["user_id", "item_id", "ts", "offset"]])
-    prepared = Prepared(holdout, window, {"data": round(time.monotonic() - started, 2)})
-    params = model.Params.from_dict(meta["parameters"])  # fields it predates as they were then
-    log.info(
-        "rebuilding version %d from %d records (threads %s)", version, len(frame), applied.get("threads")
-    )
-    with tempfile.TemporaryDirectory(prefix="recstream-rebuild-") as tmp:
-        workdir = Path(tmp)
-        parent = None
-        if meta.get("parent_version") is not None:
-            number = int(meta["parent_version"])
-            parent = (number, model.load(registry.download_version(number, workdir / f"parent-{number}")))
-        candidate = train_candidate(prepared, parent, progress, params)
-        outcome = publish(settings, registry, candidate, workdir, not_served=f"{REBUILD_OF} {version}")
-    return Rebuilt(version, meta.get("metrics") or {}, outcome)

@@ -33,16 +33,17 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import Counter, Gauge, Histogram
 
-from stream.alerts import DriftAlert, parse_drift_alert
+from stream.contracts import metrics as metric_names
+from stream.contracts.alerts import DriftAlert, parse_drift_alert
+from stream.contracts.records import InvalidMessage, finite_number
 from stream.errors import RecstreamError
-from stream.schemas import InvalidMessage, finite_number
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 JOB_ID = "retrain"
 RUNS = Counter(
-    "recstream_scheduler_runs_total",
+    metric_names.SCHEDULER_RUNS,
     "Retrain runs by trigger and outcome (published, rejected, failed, abandoned)",
     ["trigger", "outcome"],
 )
@@ -261,17 +262,14 @@ class RetrainScheduler:
 
 def consume_alerts(settings: Settings, scheduler: RetrainScheduler, stop: threading.Event) -> None:
     """Feed `drift-alerts` to the scheduler until `stop` is set (group `recstream-scheduler`)."""
-    from kafka import KafkaConsumer
+    from stream.consumers import kafka_consumer
 
-    consumer = KafkaConsumer(
+    consumer = kafka_consumer(
         settings.drift_alerts_topic,
-        bootstrap_servers=settings.require("kafka_bootstrap"),
+        settings=settings,
         group_id="recstream-scheduler",
-        enable_auto_commit=False,
-        auto_offset_reset="latest",  # a fresh scheduler acts on new alerts, not on history
+        offset_reset="latest",  # a fresh scheduler acts on new alerts, not on history
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-        session_timeout_ms=int(settings.broker_session_timeout_s * 1000),
-        heartbeat_interval_ms=int(settings.broker_heartbeat_s * 1000),
         max_poll_interval_ms=300_000,
     )
     try:
@@ -303,7 +301,7 @@ def consume_alerts(settings: Settings, scheduler: RetrainScheduler, stop: thread
 def active_trained_with(settings: Settings, drift_from: float) -> bool:
     """Whether the active version was trained with the drift boost from `drift_from` (its
     metadata.json `window.recency.drift_from`)."""
-    from retrain.registry import ModelRegistry
+    from stream.registry import ModelRegistry
     from stream.storage import make_client
 
     registry = ModelRegistry(make_client(settings), settings.models_bucket, settings.model_name)
@@ -318,8 +316,8 @@ def run(settings: Settings) -> None:
     """Run the loop in the foreground until SIGINT/SIGTERM."""
     import signal
 
-    from ingest.progress import wait_until_landed
     from retrain.job import retrain_once
+    from stream.lake import wait_until_landed
     from stream.metrics import serve_metrics
 
     serve_metrics(settings.metrics_host, settings.scheduler_metrics_port)

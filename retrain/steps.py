@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stream import storage
 from stream.errors import RecstreamError
 
 if TYPE_CHECKING:
@@ -89,25 +90,11 @@ class RunObjects:
         return sorted(o.object_name.removeprefix(self.prefix) for o in objects)
 
     def put(self, name: str, data: bytes, content_type: str) -> None:
-        self.client.put_object(
-            self.bucket, self.prefix + name, io.BytesIO(data), len(data), content_type=content_type
-        )
+        storage.put_object(self.client, self.bucket, self.prefix + name, data, content_type)
 
     def get(self, name: str) -> bytes | None:
         """The object's bytes, None when it does not exist."""
-        from minio.error import S3Error
-
-        try:
-            response = self.client.get_object(self.bucket, self.prefix + name)
-        except S3Error as exc:
-            if exc.code == "NoSuchKey":
-                return None
-            raise
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
+        return storage.read_object_or_none(self.client, self.bucket, self.prefix + name)
 
     def put_json(self, name: str, value: Any) -> None:
         self.put(name, json.dumps(value, indent=1).encode(), "application/json")
@@ -130,25 +117,16 @@ class RunObjects:
         return pd.read_parquet(io.BytesIO(data))
 
     def upload_dir(self, local: Path, under: str) -> int:
-        files = sorted(p for p in local.rglob("*") if p.is_file())
-        for path in files:
-            self.client.fput_object(
-                self.bucket, self.prefix + under + path.relative_to(local).as_posix(), str(path)
-            )
-        return len(files)
+        return len(storage.upload_dir(self.client, self.bucket, local, self.prefix + under))
 
     def download_dir(self, under: str, dest: Path) -> Path:
         """Every object under `under` into `dest`; a key that would land outside `dest` is refused
         (UnsafeObjectKey) before anything is written."""
-        from retrain.registry import contained_path
-
         names = self.names(under)
         if not names:
             raise MissingStepOutput(f"run {self.run_id}: nothing under {self.where(under)}")
-        targets = [(name, contained_path(dest, name.removeprefix(under))) for name in names]
-        for name, target in targets:
-            self.client.fget_object(self.bucket, self.prefix + name, str(target))
-        return dest
+        keys = [self.prefix + name for name in names]
+        return storage.download_dir(self.client, self.bucket, keys, self.prefix + under, dest)
 
     def remove(self, under: str = "", last: str | None = None) -> int:
         """Remove the objects under `under` (`last`, if among them, after all the others)."""
@@ -227,7 +205,7 @@ def train_step(
     """Train and evaluate on the data step's split; export the candidate under the run's prefix."""
     from retrain import savedmodel as export
     from retrain.job import metadata, train_and_evaluate
-    from retrain.registry import ModelRegistry
+    from stream.registry import ModelRegistry
 
     run = RunObjects.of(settings, run_id)
     prepared = load_prepared(run)
@@ -267,7 +245,7 @@ def train_step(
 def publish_step(settings: Settings, run_id: str) -> Outcome:
     """Gate the train step's candidate; publish it as the next version or reject it; clean up the run."""
     from retrain.job import Candidate, Exported, Outcome, publish
-    from retrain.registry import ModelRegistry
+    from stream.registry import ModelRegistry
 
     run = RunObjects.of(settings, run_id)
     registry = ModelRegistry(run.client, settings.models_bucket, settings.model_name)

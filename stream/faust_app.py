@@ -6,14 +6,20 @@ timeouts bring it to a few seconds, which matters for restarts and tests.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import Gauge
 
+from stream.contracts import metrics as metric_names
 from stream.settings import Settings
 
 if TYPE_CHECKING:
     import faust
+
+
+def group_id(name: str) -> str:
+    """The consumer group (and Faust app id) of the app `name`: read by the landing barrier too."""
+    return f"recstream-{name}"
 
 
 def create_app(
@@ -47,16 +53,16 @@ def create_app(
         "web_enabled": False,
     }
     options.update(overrides)
-    app = faust.App(f"recstream-{name}", **options)
+    app = faust.App(group_id(name), **options)
     # Read by stream.faust_transport when the worker's consumer is built.
-    app.fetch_max_wait_ms = fetch_max_wait_ms or settings.kafka_fetch_max_wait_ms
+    cast(Any, app).fetch_max_wait_ms = fetch_max_wait_ms or settings.kafka_fetch_max_wait_ms
     export_partitions(app, settings.transactions_topic)
     return app
 
 
 PARTITION_EXPORT_S = 2.0
 PARTITION_LAG = Gauge(
-    "recstream_worker_partition_lag",
+    metric_names.WORKER_PARTITION_LAG,
     "Records of an owned partition past this worker's committed offset",
     ["topic", "partition"],
 )
@@ -72,7 +78,7 @@ def export_partitions(app: faust.App, topic: str) -> None:
         owned = {tp for tp in consumer.assignment() if tp.topic == topic}
         for tp in owned:
             highwater = consumer.highwater(tp)
-            committed = consumer._committed_offset.get(tp)  # Faust's record; no public accessor
+            committed = cast(Any, consumer)._committed_offset.get(tp)  # Faust's record; no public accessor
             lag = float("nan") if highwater is None else max(highwater - (committed or 0), 0)
             PARTITION_LAG.labels(tp.topic, str(tp.partition)).set(lag)
         labels = {(tp.topic, str(tp.partition)) for tp in owned}

@@ -11,7 +11,7 @@ edit is needed; `stream.faust_app.create_app` uses it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -37,7 +37,8 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         listed = dict(await super()._highwaters(partitions))
         if not listed or self.consumer.in_transaction:
             return listed
-        servers = faust_aiokafka.server_list(self.transport.url, self.transport.default_port)
+        transport = cast(faust_aiokafka.Transport, self.transport)  # the driver this thread belongs to
+        servers = faust_aiokafka.server_list(transport.url, transport.default_port)
         return await fetched_highwaters(servers, listed)
 
 
@@ -49,11 +50,9 @@ async def fetched_highwaters(servers: list[str], listed: Mapping[Any, int]) -> d
     """`listed` (partition -> end offset) raised to the high watermark a fetch near it returns."""
     import asyncio
 
-    from aiokafka import AIOKafkaConsumer
+    from stream.consumers import aio_consumer
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=servers, enable_auto_commit=False, fetch_max_wait_ms=HIGHWATER_FETCH_WAIT_MS
-    )
+    consumer = aio_consumer(bootstrap=servers, fetch_max_wait_ms=HIGHWATER_FETCH_WAIT_MS)
     await consumer.start()
     try:
         consumer.assign(list(listed))

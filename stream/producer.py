@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError, NoBrokersAvailable
 
+from stream.contracts.records import Transaction
 from stream.errors import RecstreamError
-from stream.schemas import Transaction
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,13 +1,15 @@
 """The one settings module: 12-factor environment variables, stack.env, CLI flags on top.
 
 Precedence, highest first: explicit overrides (CLI flags), the process environment,
-`$RECSTREAM_HOME/stack.env` (written by `recstream up`), the defaults below. Every
-environment name the project reads is declared in `FIELDS`, so deployments can be
-checked against it.
+`$RECSTREAM_HOME/stack.env` (written by `recstream up`), the defaults below. Each setting is
+declared once, as a field of `Settings` made by `setting(ENV_NAME, parser, default, help)` (as
+Faust declares its settings); `FIELDS` lists them all, so deployments can be checked against
+every environment name the project reads. Per-stage config objects derive from `Settings`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 from collections.abc import Callable, Mapping
@@ -22,6 +24,9 @@ LOCAL_ACCESS_KEY = "recstream"
 LOCAL_SECRET_KEY = "recstream-local-only"
 # Production mode also refuses empty and short keys (the secret's length is its strength).
 MIN_ACCESS_KEY_LENGTH, MIN_SECRET_KEY_LENGTH = 8, 16
+# Concept drift's change detectors by DRIFT_DETECTOR name (recommender/detectors.py implements them).
+DRIFT_DETECTORS = ("page-hinkley", "adwin")
+SETTING = "recstream.setting"  # the key of a Settings field's (env, parse, default, doc) metadata
 
 
 class SettingsError(RecstreamError, ValueError):
@@ -112,8 +117,24 @@ def _table_store(text: str) -> str:
     return url
 
 
+def _drift_detector(text: str) -> str:
+    name = text.strip().lower()
+    if name not in DRIFT_DETECTORS:
+        raise ValueError(f"expected {' or '.join(DRIFT_DETECTORS)}, got {text!r}")
+    return name
+
+
+def _probability(text: str) -> float:
+    value = _number(text, float)
+    if not 0 < value < 1:
+        raise ValueError(f"must be > 0 and < 1, got {text!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Field:
+    """A setting as deployments and tools see it: env name, attribute, parser, default text, help."""
+
     env: str
     attr: str
     parse: Callable[[str], object]
@@ -121,421 +142,343 @@ class Field:
     doc: str
 
 
-FIELDS: tuple[Field, ...] = (
-    Field("RECSTREAM_ENV", "env", str, "local", "local or production (production refuses local credentials)"),
-    Field("LOG_LEVEL", "log_level", parse_log_level, "INFO", "logging level of services"),
-    # Endpoints: empty means "the embedded stack provides it".
-    Field(
-        "KAFKA_BOOTSTRAP", "kafka_bootstrap", _optional, "", "Kafka bootstrap servers host:port[,host:port]"
-    ),
-    Field("MINIO_ENDPOINT", "minio_endpoint", _optional, "", "S3 endpoint host:port"),
-    Field("MINIO_ACCESS_KEY", "minio_access_key", str, LOCAL_ACCESS_KEY, "S3 access key"),
-    Field("MINIO_SECRET_KEY", "minio_secret_key", str, LOCAL_SECRET_KEY, "S3 secret key"),
-    Field("MINIO_SECURE", "minio_secure", _bool, "false", "use TLS for S3"),
-    Field("MINIO_REGION", "minio_region", str, "us-east-1", "S3 region"),
-    Field("TF_SERVING_GRPC", "tf_serving_grpc", _optional, "", "TF Serving gRPC host:port"),
-    Field("TF_SERVING_REST", "tf_serving_rest", _optional, "", "TF Serving REST host:port"),
-    Field("MODEL_NAME", "model_name", str, "recommender", "name of the served model"),
-    Field(
-        "TF_SERVING_TARGETS",
-        "tf_serving_targets",
-        _optional,
-        "",
-        "comma-separated gRPC endpoints of every TF Serving replica the updater updates"
-        " (default: TF_SERVING_GRPC)",
-    ),
-    Field(
-        "MODEL_BASE_PATH",
-        "model_base_path_setting",
-        _optional,
-        "",
-        "folder shared by the updater and the model server: <MODEL_NAME>/<version>/ and models.config"
-        " (default $RECSTREAM_HOME/serving)",
-    ),
-    # Buckets.
-    Field("DATA_BUCKET", "data_bucket", str, "data", "bucket of ingested transactions"),
-    Field("MODELS_BUCKET", "models_bucket", str, "models", "bucket of model versions and the registry"),
-    Field("BROKER_BUCKET", "broker_bucket", str, "broker", "bucket of the embedded broker's log and offsets"),
-    # Topics.
-    Field("TRANSACTIONS_TOPIC", "transactions_topic", str, "transactions", "purchase events"),
-    Field("DLQ_TOPIC", "dlq_topic", str, "transactions-dlq", "invalid events with their reason"),
-    Field("REQUESTS_TOPIC", "requests_topic", str, "recommendation-requests", "recommendation requests"),
-    Field("RECOMMENDATIONS_TOPIC", "recommendations_topic", str, "recommendations", "answers to requests"),
-    Field("MODEL_UPDATES_TOPIC", "model_updates_topic", str, "model-updates", "model lifecycle events"),
-    Field("DRIFT_ALERTS_TOPIC", "drift_alerts_topic", str, "drift-alerts", "drift alerts"),
-    Field("TOPIC_PARTITIONS", "topic_partitions", positive_int, "4", "partitions of the data topics"),
-    # Embedded stack.
-    Field("BROKER_PORT", "broker_port", _port, "0", "embedded broker port (0: a free one)"),
-    Field("REQUEST_BROKER_PORT", "request_broker_port", _port, "0", "embedded request broker port (0: free)"),
-    Field("OBJECTSTORE_PORT", "objectstore_port", _port, "0", "embedded S3 port (0: a free one)"),
-    Field("MODELSERVER_GRPC_PORT", "modelserver_grpc_port", _port, "0", "embedded model server gRPC port"),
-    Field("MODELSERVER_REST_PORT", "modelserver_rest_port", _port, "0", "embedded model server REST port"),
-    # Embedded model server request limits (deploy/modelserver/limits.py; TF Serving's values there).
-    Field(
-        "MODELSERVER_MAX_GRPC_MESSAGE_BYTES",
-        "modelserver_max_grpc_message_bytes",
-        positive_int,
-        "67108864",
-        "largest gRPC message the model server receives or sends (TF Serving: 2 GiB)",
-    ),
-    Field("MODELSERVER_MAX_BATCH", "modelserver_max_batch", positive_int, "1000", "largest input batch"),
-    Field(
-        "MODELSERVER_MAX_STRING_BYTES",
-        "modelserver_max_string_bytes",
-        positive_int,
-        "1048576",
-        "largest string element of a model server input",
-    ),
-    Field(
-        "MODELSERVER_MAX_REST_BODY_BYTES",
-        "modelserver_max_rest_body_bytes",
-        positive_int,
-        "8388608",
-        "largest REST request body (413 beyond, before it is read)",
-    ),
-    Field(
-        "MODELSERVER_REST_TIMEOUT_S",
-        "modelserver_rest_timeout_s",
-        positive_float,
-        "30",
-        "time a REST request (or an idle kept-alive connection) may take before it is closed",
-    ),
-    Field("MODELSERVER_REST_WORKERS", "modelserver_rest_workers", positive_int, "16", "REST worker threads"),
-    Field("MODELSERVER_GRPC_WORKERS", "modelserver_grpc_workers", positive_int, "16", "gRPC worker threads"),
-    Field("STACK_START_TIMEOUT_S", "stack_start_timeout_s", positive_float, "60", "health-check deadline"),
-    # Kafka clients.
-    Field(
-        "BROKER_SESSION_TIMEOUT_S", "broker_session_timeout_s", positive_float, "6", "group session timeout"
-    ),
-    Field(
-        "BROKER_REBALANCE_TIMEOUT_S", "broker_rebalance_timeout_s", positive_float, "4", "rebalance timeout"
-    ),
-    Field("BROKER_HEARTBEAT_S", "broker_heartbeat_s", positive_float, "1", "group heartbeat interval"),
-    Field("PRODUCER_LINGER_MS", "producer_linger_ms", _non_negative_int, "5", "producer batching delay"),
-    # Fetch waits, per role: the embedded broker (Tansu 0.6) holds every fetch until the wait runs out,
-    # and each fetch of its S3 engine costs the object store, so only the paths where latency matters
-    # wait briefly; Apache Kafka answers a fetch when records arrive (production keeps 500 for all).
-    Field(
-        "KAFKA_FETCH_MAX_WAIT_MS",
-        "kafka_fetch_max_wait_ms",
-        positive_int,
-        "500",
-        "longest fetch wait of bulk and control consumers (ingest, updater, scheduler)",
-    ),
-    Field(
-        "SCORER_FETCH_MAX_WAIT_MS",
-        "scorer_fetch_max_wait_ms",
-        positive_int,
-        "100",
-        "longest fetch wait of the scorer's purchases (a purchase reaches the next answer in well under 1 s)",
-    ),
-    Field(
-        "KAFKA_REQUEST_FETCH_MAX_WAIT_MS",
-        "kafka_request_fetch_max_wait_ms",
-        positive_int,
-        "5",
-        "longest fetch wait on the request path (the scorer's requests, a client's answers)",
-    ),
-    Field(
-        "REQUESTS_KAFKA_BOOTSTRAP",
-        "requests_kafka_bootstrap_setting",
-        _optional,
-        "",
-        "bootstrap servers of the request and answer topics (default: KAFKA_BOOTSTRAP)",
-    ),
-    Field("PRODUCER_TIMEOUT_S", "producer_timeout_s", positive_float, "30", "delivery confirmation deadline"),
-    # Operational knobs of the stages.
-    Field(
-        "RETRAIN_INTERVAL_S",
-        "retrain_interval_s",
-        _non_negative_float,
-        "1800",
-        "scheduled retrain period (0: only on drift alerts, e.g. when Kubeflow runs the schedule)",
-    ),
-    Field("RETRAIN_COOLDOWN_S", "retrain_cooldown_s", positive_float, "300", "minimum gap of drift retrains"),
-    Field(
-        "RETRAIN_WINDOW_S",
-        "retrain_window_s",
-        _non_negative_float,
-        "0",
-        "train on the events of the last this many seconds (0: all landed data)",
-    ),
-    Field(
-        "RETRAIN_MIN_USERS",
-        "retrain_min_users",
-        positive_int,
-        "50",
-        "fewest held-out users a retrain needs to train and judge a model",
-    ),
-    Field(
-        "RETRAIN_HALF_LIFE_S",
-        "retrain_half_life_s",
-        _non_negative_float,
-        "1209600",
-        "age at which a training example weighs half as much as the latest one (0: no decay)",
-    ),
-    Field(
-        "RETRAIN_DRIFT_SHARE",
-        "retrain_drift_share",
-        _share,
-        "0.5",
-        "share of the training weight at least given to the purchases since the last drift alert's"
-        " window start (0: no boost)",
-    ),
-    Field(
-        "RETRAIN_RECENT_S",
-        "retrain_recent_s",
-        _non_negative_float,
-        "86400",
-        "the gate judges on the held-out purchases of the window's last this many seconds"
-        " (0: the whole window)",
-    ),
-    Field(
-        "GATE_TOLERANCE",
-        "gate_tolerance",
-        _non_negative_float,
-        "0.01",
-        "HR@10 a candidate may lose against the active model and still be published",
-    ),
-    Field(
-        "UPDATER_LOAD_TIMEOUT_S",
-        "updater_load_timeout_s",
-        positive_float,
-        "120",
-        "how long a model server may take to report a version AVAILABLE",
-    ),
-    Field(
-        "UPDATER_VALIDATE_TIMEOUT_S",
-        "updater_validate_timeout_s",
-        positive_float,
-        "180",
-        "how long validating a downloaded version may take",
-    ),
-    Field(
-        "UPDATER_RECONCILE_S",
-        "updater_reconcile_s",
-        positive_float,
-        "60",
-        "how often the updater checks that the model servers serve the registry's versions",
-    ),
-    Field("INGEST_FLUSH_EVENTS", "ingest_flush_events", positive_int, "5000", "events per Parquet object"),
-    Field("INGEST_FLUSH_S", "ingest_flush_s", positive_float, "10", "max age of a buffered batch"),
-    Field(
-        "EVENT_MAX_FUTURE_S",
-        "event_max_future_s",
-        _non_negative_float,
-        "86400",
-        "an event time more than this far after its record was produced is dead-lettered",
-    ),
-    Field("METRICS_HOST", "metrics_host", str, "127.0.0.1", "address the services' /metrics listen on"),
-    Field(
-        "INGEST_METRICS_PORT", "ingest_metrics_port", _port, "9401", "ingest worker /metrics port (0: free)"
-    ),
-    Field("SCORER_METRICS_PORT", "scorer_metrics_port", _port, "9402", "scorer /metrics port (0: free)"),
-    Field("UPDATER_METRICS_PORT", "updater_metrics_port", _port, "9403", "updater /metrics port (0: free)"),
-    Field(
-        "SCHEDULER_METRICS_PORT", "scheduler_metrics_port", _port, "9404", "scheduler /metrics port (0: free)"
-    ),
-    Field("SCORER_BATCH_SIZE", "scorer_batch_size", positive_int, "64", "most requests in one Predict"),
-    Field("SCORER_HTTP_HOST", "scorer_http_host", str, "127.0.0.1", "address of the scorer's HTTP view"),
-    Field(
-        "SCORER_LIVE_HISTORY",
-        "scorer_live_history",
-        _bool,
-        "true",
-        "send users' live purchases to the model (recommend_history); false: their history at training",
-    ),
-    Field("SCORER_HTTP_PORT", "scorer_http_port", _port, "9405", "scorer HTTP view port (0: free)"),
-    Field(
-        "SCORER_HTTP_ADVERTISED_HOST",
-        "scorer_http_advertised_host",
-        _optional,
-        "",
-        "address other scorer workers reach this one's HTTP view at (default: SCORER_HTTP_HOST)",
-    ),
-    Field(
-        "SCORER_DEADLINE_S",
-        "scorer_deadline_s",
-        positive_float,
-        "30",
-        "a request not answered this long after it was produced gets an error answer",
-    ),
-    Field("SCORER_PREDICT_TIMEOUT_S", "scorer_predict_timeout_s", positive_float, "5", "one Predict call"),
-    Field(
-        "SCORER_HISTORY_ITEMS",
-        "scorer_history_items",
-        positive_int,
-        "256",
-        "latest purchases kept per user to exclude from answers",
-    ),
-    Field("DRIFT_HORIZON_S", "drift_horizon_s", positive_float, "3600", "hit window after a recommendation"),
-    Field("DRIFT_CHECK_S", "drift_check_s", positive_float, "5", "how often drift is computed"),
-    Field("DRIFT_WINDOW_EVENTS", "drift_window_events", positive_int, "2000", "purchases in the data window"),
-    Field(
-        "DRIFT_MIN_EVENTS", "drift_min_events", positive_int, "500", "fewest purchases to judge data drift"
-    ),
-    Field(
-        "DRIFT_MIN_OUTCOMES",
-        "drift_min_outcomes",
-        positive_int,
-        "50",
-        "fewest resolved recommendations to judge concept drift",
-    ),
-    Field("DRIFT_PSI_THRESHOLD", "drift_psi_threshold", positive_float, "0.2", "item popularity PSI alert"),
-    Field(
-        "DRIFT_UNKNOWN_ITEM_THRESHOLD",
-        "drift_unknown_item_threshold",
-        positive_float,
-        "0.2",
-        "share of purchases of products the model never saw",
-    ),
-    Field(
-        "DRIFT_UNKNOWN_USER_THRESHOLD",
-        "drift_unknown_user_threshold",
-        positive_float,
-        "0.5",
-        "share of requests answered by the popularity fallback",
-    ),
-    Field("DRIFT_PH_DELTA", "drift_ph_delta", positive_float, "0.05", "Page-Hinkley tolerated fall"),
-    Field("DRIFT_PH_THRESHOLD", "drift_ph_threshold", positive_float, "15", "Page-Hinkley alarm level"),
-    Field(
-        "DRIFT_ALERT_COOLDOWN_S",
-        "drift_alert_cooldown_s",
-        _non_negative_float,
-        "300",
-        "least time between two alerts of one statistic",
-    ),
-    Field(
-        "DRIFT_ALERT_REPEAT_S",
-        "drift_alert_repeat_s",
-        _non_negative_float,
-        "1800",
-        "an alert still raised fires again after this long (the last retrain did not cure it)",
-    ),
-    # Scale out (issue 15): workers of one consumer group per service, each its own Faust data dir.
-    Field("INGEST_WORKERS", "ingest_workers", positive_int, "1", "ingest workers `recstream up` starts"),
-    Field("SCORER_WORKERS", "scorer_workers", positive_int, "1", "scorer workers `recstream up` starts"),
-    Field(
-        "WORKER_NAME",
-        "worker_name",
-        _worker_name,
-        "",
-        "this worker among several of one service on one machine: its own Faust data dir",
-    ),
-    Field(
-        "SCORER_TABLE_STORE",
-        "scorer_table_store",
-        _table_store,
-        "rocksdb://",
-        "Faust store of the scorer's table: rocksdb:// (local state under RECSTREAM_HOME) or memory://",
-    ),
-    # The timeline `recstream up` records for `recstream report` (deploy/timeline.py).
-    Field("TIMELINE_INTERVAL_S", "timeline_interval_s", positive_float, "5", "seconds between two samples"),
-    Field(
-        "TIMELINE_MAX_BYTES",
-        "timeline_max_bytes",
-        positive_int,
-        "2000000",
-        "size past which the timeline keeps every other sample (events are kept)",
-    ),
-)
-
-ENV_NAMES: frozenset[str] = frozenset(f.env for f in FIELDS) | {"RECSTREAM_HOME"}
+def setting(env: str, parse: Callable[[str], Any], default: str, doc: str) -> Any:
+    """One setting, declared once: a Settings field whose default is `default` parsed by `parse`,
+    carrying its environment name, parser, textual default and help (which FIELDS lists)."""
+    return dataclasses.field(default=parse(default), metadata={SETTING: (env, parse, default, doc)})
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """Every setting of the project, each declared once: its field's type, environment name,
+    parser, default and help; `load_settings` fills them (the defaults alone: `default_settings`)."""
+
     home: Path
-    env: str
-    log_level: str
-    kafka_bootstrap: str | None
-    minio_endpoint: str | None
-    minio_access_key: str
-    minio_secret_key: str
-    minio_secure: bool
-    minio_region: str
-    tf_serving_grpc: str | None
-    tf_serving_rest: str | None
-    model_name: str
-    tf_serving_targets: str | None
-    model_base_path_setting: str | None
-    data_bucket: str
-    models_bucket: str
-    broker_bucket: str
-    transactions_topic: str
-    dlq_topic: str
-    requests_topic: str
-    recommendations_topic: str
-    model_updates_topic: str
-    drift_alerts_topic: str
-    topic_partitions: int
-    broker_port: int
-    objectstore_port: int
-    modelserver_grpc_port: int
-    modelserver_rest_port: int
-    modelserver_max_grpc_message_bytes: int
-    modelserver_max_batch: int
-    modelserver_max_string_bytes: int
-    modelserver_max_rest_body_bytes: int
-    modelserver_rest_timeout_s: float
-    modelserver_rest_workers: int
-    modelserver_grpc_workers: int
-    stack_start_timeout_s: float
-    broker_session_timeout_s: float
-    kafka_fetch_max_wait_ms: int
-    scorer_fetch_max_wait_ms: int
-    request_broker_port: int
-    kafka_request_fetch_max_wait_ms: int
-    requests_kafka_bootstrap_setting: str | None
-    scorer_http_host: str
-    scorer_live_history: bool
-    scorer_http_port: int
-    scorer_http_advertised_host: str | None
-    broker_rebalance_timeout_s: float
-    broker_heartbeat_s: float
-    producer_linger_ms: int
-    producer_timeout_s: float
-    retrain_interval_s: float
-    retrain_cooldown_s: float
-    retrain_window_s: float
-    retrain_min_users: int
-    retrain_half_life_s: float
-    retrain_drift_share: float
-    retrain_recent_s: float
-    gate_tolerance: float
-    updater_load_timeout_s: float
-    updater_validate_timeout_s: float
-    updater_reconcile_s: float
-    ingest_flush_events: int
-    ingest_flush_s: float
-    event_max_future_s: float
-    metrics_host: str
-    ingest_metrics_port: int
-    scorer_metrics_port: int
-    updater_metrics_port: int
-    scheduler_metrics_port: int
-    scorer_batch_size: int
-    scorer_deadline_s: float
-    scorer_predict_timeout_s: float
-    scorer_history_items: int
-    drift_horizon_s: float
-    drift_check_s: float
-    drift_window_events: int
-    drift_min_events: int
-    drift_min_outcomes: int
-    drift_psi_threshold: float
-    drift_unknown_item_threshold: float
-    drift_unknown_user_threshold: float
-    drift_ph_delta: float
-    drift_ph_threshold: float
-    drift_alert_cooldown_s: float
-    drift_alert_repeat_s: float
-    timeline_interval_s: float
-    timeline_max_bytes: int
-    ingest_workers: int
-    scorer_workers: int
-    worker_name: str | None
-    scorer_table_store: str
+    env: str = setting(
+        "RECSTREAM_ENV", str, "local", "local or production (production refuses local credentials)"
+    )
+    log_level: str = setting("LOG_LEVEL", parse_log_level, "INFO", "logging level of services")
+    # Endpoints: empty means "the embedded stack provides it".
+    kafka_bootstrap: str | None = setting(
+        "KAFKA_BOOTSTRAP", _optional, "", "Kafka bootstrap servers host:port[,host:port]"
+    )
+    minio_endpoint: str | None = setting("MINIO_ENDPOINT", _optional, "", "S3 endpoint host:port")
+    minio_access_key: str = setting("MINIO_ACCESS_KEY", str, LOCAL_ACCESS_KEY, "S3 access key")
+    minio_secret_key: str = setting("MINIO_SECRET_KEY", str, LOCAL_SECRET_KEY, "S3 secret key")
+    minio_secure: bool = setting("MINIO_SECURE", _bool, "false", "use TLS for S3")
+    minio_region: str = setting("MINIO_REGION", str, "us-east-1", "S3 region")
+    tf_serving_grpc: str | None = setting("TF_SERVING_GRPC", _optional, "", "TF Serving gRPC host:port")
+    tf_serving_rest: str | None = setting("TF_SERVING_REST", _optional, "", "TF Serving REST host:port")
+    model_name: str = setting("MODEL_NAME", str, "recommender", "name of the served model")
+    tf_serving_targets: str | None = setting(
+        "TF_SERVING_TARGETS",
+        _optional,
+        "",
+        "comma-separated gRPC endpoints of every TF Serving replica the updater updates"
+        " (default: TF_SERVING_GRPC)",
+    )
+    model_base_path_setting: str | None = setting(
+        "MODEL_BASE_PATH",
+        _optional,
+        "",
+        "folder shared by the updater and the model server: <MODEL_NAME>/<version>/ and models.config"
+        " (default $RECSTREAM_HOME/serving)",
+    )
+    # Buckets.
+    data_bucket: str = setting("DATA_BUCKET", str, "data", "bucket of ingested transactions")
+    models_bucket: str = setting("MODELS_BUCKET", str, "models", "bucket of model versions and the registry")
+    broker_bucket: str = setting(
+        "BROKER_BUCKET", str, "broker", "bucket of the embedded broker's log and offsets"
+    )
+    # Topics.
+    transactions_topic: str = setting("TRANSACTIONS_TOPIC", str, "transactions", "purchase events")
+    dlq_topic: str = setting("DLQ_TOPIC", str, "transactions-dlq", "invalid events with their reason")
+    requests_topic: str = setting("REQUESTS_TOPIC", str, "recommendation-requests", "recommendation requests")
+    recommendations_topic: str = setting(
+        "RECOMMENDATIONS_TOPIC", str, "recommendations", "answers to requests"
+    )
+    model_updates_topic: str = setting("MODEL_UPDATES_TOPIC", str, "model-updates", "model lifecycle events")
+    drift_alerts_topic: str = setting("DRIFT_ALERTS_TOPIC", str, "drift-alerts", "drift alerts")
+    topic_partitions: int = setting("TOPIC_PARTITIONS", positive_int, "4", "partitions of the data topics")
+    # Embedded stack.
+    broker_port: int = setting("BROKER_PORT", _port, "0", "embedded broker port (0: a free one)")
+    request_broker_port: int = setting(
+        "REQUEST_BROKER_PORT", _port, "0", "embedded request broker port (0: free)"
+    )
+    objectstore_port: int = setting("OBJECTSTORE_PORT", _port, "0", "embedded S3 port (0: a free one)")
+    modelserver_grpc_port: int = setting(
+        "MODELSERVER_GRPC_PORT", _port, "0", "embedded model server gRPC port"
+    )
+    modelserver_rest_port: int = setting(
+        "MODELSERVER_REST_PORT", _port, "0", "embedded model server REST port"
+    )
+    # Embedded model server request limits (deploy/modelserver/limits.py; TF Serving's values there).
+    modelserver_max_grpc_message_bytes: int = setting(
+        "MODELSERVER_MAX_GRPC_MESSAGE_BYTES",
+        positive_int,
+        "67108864",
+        "largest gRPC message the model server receives or sends (TF Serving: 2 GiB)",
+    )
+    modelserver_max_batch: int = setting("MODELSERVER_MAX_BATCH", positive_int, "1000", "largest input batch")
+    modelserver_max_string_bytes: int = setting(
+        "MODELSERVER_MAX_STRING_BYTES",
+        positive_int,
+        "1048576",
+        "largest string element of a model server input",
+    )
+    modelserver_max_rest_body_bytes: int = setting(
+        "MODELSERVER_MAX_REST_BODY_BYTES",
+        positive_int,
+        "8388608",
+        "largest REST request body (413 beyond, before it is read)",
+    )
+    modelserver_rest_timeout_s: float = setting(
+        "MODELSERVER_REST_TIMEOUT_S",
+        positive_float,
+        "30",
+        "time a REST request (or an idle kept-alive connection) may take before it is closed",
+    )
+    modelserver_rest_workers: int = setting(
+        "MODELSERVER_REST_WORKERS", positive_int, "16", "REST worker threads"
+    )
+    modelserver_grpc_workers: int = setting(
+        "MODELSERVER_GRPC_WORKERS", positive_int, "16", "gRPC worker threads"
+    )
+    stack_start_timeout_s: float = setting(
+        "STACK_START_TIMEOUT_S", positive_float, "60", "health-check deadline"
+    )
+    # Kafka clients.
+    broker_session_timeout_s: float = setting(
+        "BROKER_SESSION_TIMEOUT_S", positive_float, "6", "group session timeout"
+    )
+    broker_rebalance_timeout_s: float = setting(
+        "BROKER_REBALANCE_TIMEOUT_S", positive_float, "4", "rebalance timeout"
+    )
+    broker_heartbeat_s: float = setting("BROKER_HEARTBEAT_S", positive_float, "1", "group heartbeat interval")
+    producer_linger_ms: int = setting("PRODUCER_LINGER_MS", _non_negative_int, "5", "producer batching delay")
+    # Fetch waits, per role: the embedded broker (Tansu 0.6) holds every fetch until the wait runs out,
+    # and each fetch of its S3 engine costs the object store, so only the paths where latency matters
+    # wait briefly; Apache Kafka answers a fetch when records arrive (production keeps 500 for all).
+    kafka_fetch_max_wait_ms: int = setting(
+        "KAFKA_FETCH_MAX_WAIT_MS",
+        positive_int,
+        "500",
+        "longest fetch wait of bulk and control consumers (ingest, updater, scheduler)",
+    )
+    scorer_fetch_max_wait_ms: int = setting(
+        "SCORER_FETCH_MAX_WAIT_MS",
+        positive_int,
+        "100",
+        "longest fetch wait of the scorer's purchases (a purchase reaches the next answer in well under 1 s)",
+    )
+    kafka_request_fetch_max_wait_ms: int = setting(
+        "KAFKA_REQUEST_FETCH_MAX_WAIT_MS",
+        positive_int,
+        "5",
+        "longest fetch wait on the request path (the scorer's requests, a client's answers)",
+    )
+    requests_kafka_bootstrap_setting: str | None = setting(
+        "REQUESTS_KAFKA_BOOTSTRAP",
+        _optional,
+        "",
+        "bootstrap servers of the request and answer topics (default: KAFKA_BOOTSTRAP)",
+    )
+    producer_timeout_s: float = setting(
+        "PRODUCER_TIMEOUT_S", positive_float, "30", "delivery confirmation deadline"
+    )
+    # Operational knobs of the stages.
+    retrain_interval_s: float = setting(
+        "RETRAIN_INTERVAL_S",
+        _non_negative_float,
+        "1800",
+        "scheduled retrain period (0: only on drift alerts, e.g. when Kubeflow runs the schedule)",
+    )
+    retrain_cooldown_s: float = setting(
+        "RETRAIN_COOLDOWN_S", positive_float, "300", "minimum gap of drift retrains"
+    )
+    retrain_window_s: float = setting(
+        "RETRAIN_WINDOW_S",
+        _non_negative_float,
+        "0",
+        "train on the events of the last this many seconds (0: all landed data)",
+    )
+    retrain_min_users: int = setting(
+        "RETRAIN_MIN_USERS",
+        positive_int,
+        "50",
+        "fewest held-out users a retrain needs to train and judge a model",
+    )
+    retrain_half_life_s: float = setting(
+        "RETRAIN_HALF_LIFE_S",
+        _non_negative_float,
+        "1209600",
+        "age at which a training example weighs half as much as the latest one (0: no decay)",
+    )
+    retrain_drift_share: float = setting(
+        "RETRAIN_DRIFT_SHARE",
+        _share,
+        "0.5",
+        "share of the training weight at least given to the purchases since the last drift alert's"
+        " window start (0: no boost)",
+    )
+    retrain_recent_s: float = setting(
+        "RETRAIN_RECENT_S",
+        _non_negative_float,
+        "86400",
+        "the gate judges on the held-out purchases of the window's last this many seconds"
+        " (0: the whole window)",
+    )
+    gate_tolerance: float = setting(
+        "GATE_TOLERANCE",
+        _non_negative_float,
+        "0.01",
+        "HR@10 a candidate may lose against the active model and still be published",
+    )
+    updater_load_timeout_s: float = setting(
+        "UPDATER_LOAD_TIMEOUT_S",
+        positive_float,
+        "120",
+        "how long a model server may take to report a version AVAILABLE",
+    )
+    updater_validate_timeout_s: float = setting(
+        "UPDATER_VALIDATE_TIMEOUT_S",
+        positive_float,
+        "180",
+        "how long validating a downloaded version may take",
+    )
+    updater_reconcile_s: float = setting(
+        "UPDATER_RECONCILE_S",
+        positive_float,
+        "60",
+        "how often the updater checks that the model servers serve the registry's versions",
+    )
+    ingest_flush_events: int = setting(
+        "INGEST_FLUSH_EVENTS", positive_int, "5000", "events per Parquet object"
+    )
+    ingest_flush_s: float = setting("INGEST_FLUSH_S", positive_float, "10", "max age of a buffered batch")
+    event_max_future_s: float = setting(
+        "EVENT_MAX_FUTURE_S",
+        _non_negative_float,
+        "86400",
+        "an event time more than this far after its record was produced is dead-lettered",
+    )
+    metrics_host: str = setting("METRICS_HOST", str, "127.0.0.1", "address the services' /metrics listen on")
+    ingest_metrics_port: int = setting(
+        "INGEST_METRICS_PORT", _port, "9401", "ingest worker /metrics port (0: free)"
+    )
+    scorer_metrics_port: int = setting("SCORER_METRICS_PORT", _port, "9402", "scorer /metrics port (0: free)")
+    updater_metrics_port: int = setting(
+        "UPDATER_METRICS_PORT", _port, "9403", "updater /metrics port (0: free)"
+    )
+    scheduler_metrics_port: int = setting(
+        "SCHEDULER_METRICS_PORT", _port, "9404", "scheduler /metrics port (0: free)"
+    )
+    scorer_batch_size: int = setting("SCORER_BATCH_SIZE", positive_int, "64", "most requests in one Predict")
+    scorer_http_host: str = setting("SCORER_HTTP_HOST", str, "127.0.0.1", "address of the scorer's HTTP view")
+    scorer_live_history: bool = setting(
+        "SCORER_LIVE_HISTORY",
+        _bool,
+        "true",
+        "send users' live purchases to the model (recommend_history); false: their history at training",
+    )
+    scorer_http_port: int = setting("SCORER_HTTP_PORT", _port, "9405", "scorer HTTP view port (0: free)")
+    scorer_http_advertised_host: str | None = setting(
+        "SCORER_HTTP_ADVERTISED_HOST",
+        _optional,
+        "",
+        "address other scorer workers reach this one's HTTP view at (default: SCORER_HTTP_HOST)",
+    )
+    scorer_deadline_s: float = setting(
+        "SCORER_DEADLINE_S",
+        positive_float,
+        "30",
+        "a request not answered this long after it was produced gets an error answer",
+    )
+    scorer_predict_timeout_s: float = setting(
+        "SCORER_PREDICT_TIMEOUT_S", positive_float, "5", "one Predict call"
+    )
+    scorer_history_items: int = setting(
+        "SCORER_HISTORY_ITEMS", positive_int, "256", "latest purchases kept per user to exclude from answers"
+    )
+    drift_horizon_s: float = setting(
+        "DRIFT_HORIZON_S", positive_float, "3600", "hit window after a recommendation"
+    )
+    drift_check_s: float = setting("DRIFT_CHECK_S", positive_float, "5", "how often drift is computed")
+    drift_window_events: int = setting(
+        "DRIFT_WINDOW_EVENTS", positive_int, "2000", "purchases in the data window"
+    )
+    drift_min_events: int = setting(
+        "DRIFT_MIN_EVENTS", positive_int, "500", "fewest purchases to judge data drift"
+    )
+    drift_min_outcomes: int = setting(
+        "DRIFT_MIN_OUTCOMES", positive_int, "50", "fewest resolved recommendations to judge concept drift"
+    )
+    drift_psi_threshold: float = setting(
+        "DRIFT_PSI_THRESHOLD", positive_float, "0.2", "item popularity PSI alert"
+    )
+    drift_unknown_item_threshold: float = setting(
+        "DRIFT_UNKNOWN_ITEM_THRESHOLD",
+        positive_float,
+        "0.2",
+        "share of purchases of products the model never saw",
+    )
+    drift_unknown_user_threshold: float = setting(
+        "DRIFT_UNKNOWN_USER_THRESHOLD",
+        positive_float,
+        "0.5",
+        "share of requests answered by the popularity fallback",
+    )
+    drift_ph_delta: float = setting("DRIFT_PH_DELTA", positive_float, "0.05", "Page-Hinkley tolerated fall")
+    drift_ph_threshold: float = setting(
+        "DRIFT_PH_THRESHOLD", positive_float, "15", "Page-Hinkley alarm level"
+    )
+    # Concept drift's change detector (recommender/detectors.py, river's tests).
+    drift_detector: str = setting(
+        "DRIFT_DETECTOR",
+        _drift_detector,
+        "page-hinkley",
+        "change detector of the online hit rate: page-hinkley (DRIFT_PH_*) or adwin (DRIFT_ADWIN_DELTA)",
+    )
+    drift_adwin_delta: float = setting(
+        "DRIFT_ADWIN_DELTA",
+        _probability,
+        "0.002",
+        "ADWIN's significance: a smaller one cuts its window less often",
+    )
+    drift_alert_cooldown_s: float = setting(
+        "DRIFT_ALERT_COOLDOWN_S", _non_negative_float, "300", "least time between two alerts of one statistic"
+    )
+    drift_alert_repeat_s: float = setting(
+        "DRIFT_ALERT_REPEAT_S",
+        _non_negative_float,
+        "1800",
+        "an alert still raised fires again after this long (the last retrain did not cure it)",
+    )
+    # Scale out (issue 15): workers of one consumer group per service, each its own Faust data dir.
+    ingest_workers: int = setting("INGEST_WORKERS", positive_int, "1", "ingest workers `recstream up` starts")
+    scorer_workers: int = setting("SCORER_WORKERS", positive_int, "1", "scorer workers `recstream up` starts")
+    worker_name: str | None = setting(
+        "WORKER_NAME",
+        _worker_name,
+        "",
+        "this worker among several of one service on one machine: its own Faust data dir",
+    )
+    scorer_table_store: str = setting(
+        "SCORER_TABLE_STORE",
+        _table_store,
+        "rocksdb://",
+        "Faust store of the scorer's table: rocksdb:// (local state under RECSTREAM_HOME) or memory://",
+    )
+    # The timeline `recstream up` records for `recstream report` (deploy/console/timeline.py).
+    timeline_interval_s: float = setting(
+        "TIMELINE_INTERVAL_S", positive_float, "5", "seconds between two samples"
+    )
+    timeline_max_bytes: int = setting(
+        "TIMELINE_MAX_BYTES",
+        positive_int,
+        "2000000",
+        "size past which the timeline keeps every other sample (events are kept)",
+    )
 
     @property
     def production(self) -> bool:
@@ -581,6 +524,15 @@ class Settings:
 
     def buckets(self) -> list[str]:
         return [self.data_bucket, self.models_bucket]
+
+
+FIELDS: tuple[Field, ...] = tuple(
+    Field(f.metadata[SETTING][0], f.name, *f.metadata[SETTING][1:])
+    for f in dataclasses.fields(Settings)
+    if SETTING in f.metadata
+)
+
+ENV_NAMES: frozenset[str] = frozenset(f.env for f in FIELDS) | {"RECSTREAM_HOME"}
 
 
 def default_home(environ: Mapping[str, str]) -> Path:
@@ -648,6 +600,12 @@ def load_settings(
     settings = Settings(**values)
     _check(settings)
     return settings
+
+
+def default_settings(home: Path | None = None) -> Settings:
+    """The declared defaults alone (no environment, no stack.env): for tests and tools that need a
+    per-stage config without a deployment (e.g. `DriftConfig.from_settings(default_settings())`)."""
+    return load_settings({"RECSTREAM_HOME": str(home)} if home else None, environ={}, use_stack_env=False)
 
 
 def _check(settings: Settings) -> None:

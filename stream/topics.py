@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from stream.consumers import kafka_consumer
 from stream.net import split_hostport, tcp_reachable
 from stream.settings import Settings
 
@@ -19,12 +20,11 @@ def broker_metadata_ok(bootstrap: str, timeout_s: float = 3.0) -> bool:
     if not all(tcp_reachable(*split_hostport(server)) for server in bootstrap.split(",")):
         return False  # checked first: kafka-python logs every refused connection as an error
     try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
+        consumer = kafka_consumer(
+            bootstrap=bootstrap,
             request_timeout_ms=int(timeout_s * 1000) + 1000,
             api_version_auto_timeout_ms=int(timeout_s * 1000),
             connections_max_idle_ms=int(timeout_s * 1000) + 2000,
-            enable_auto_commit=False,
         )
     except KafkaError:
         return False
@@ -39,7 +39,7 @@ def broker_metadata_ok(bootstrap: str, timeout_s: float = 3.0) -> bool:
 
 def existing_topics(bootstrap: str) -> set[str]:
     # KafkaAdminClient.list_topics() cannot parse Tansu's ACL bits; the consumer's view is enough.
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = kafka_consumer(bootstrap=bootstrap)
     try:
         return set(consumer.topics())
     finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from kafka_helpers import create_topic
 
-from deploy.stack import Stack
+from deploy.local.stack import Stack
 from stream.settings import ENV_NAMES, Settings
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "data" / "transactions.csv"

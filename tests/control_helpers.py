@@ -13,8 +13,8 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from retrain.scheduler import RetrainScheduler, consume_alerts
-from stream.model_events import ModelEvent, parse_model_event
-from stream.schemas import InvalidMessage
+from stream.contracts.model_events import ModelEvent, parse_model_event
+from stream.contracts.records import InvalidMessage
 from stream.settings import Settings
 
 WAIT_S = 90.0

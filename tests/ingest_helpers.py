@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from deploy.processes import stop_child
+from deploy.local.processes import stop_child
 from stream.settings import Settings
 from stream.storage import make_client
 
@@ -45,7 +45,7 @@ class Worker:
         self.log = log
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", command],
+                [sys.executable, "-m", "deploy.cli", command],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

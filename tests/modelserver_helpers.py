@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from deploy import modelserver
-from deploy.processes import free_port
-from deploy.stack import EMPTY_MODEL_CONFIG, MODELSERVER_ARGS
+from deploy.local.processes import free_port
+from deploy.local.stack import EMPTY_MODEL_CONFIG, MODELSERVER_ARGS
 
 START_TIMEOUT_S = 90.0
 

@@ -1,6 +1,6 @@
 """What the updater does to one model: activate a published version, restore the active one, roll back.
 
-The registry (retrain/registry.py) is the source of truth: a version is processed only while
+The registry (stream/registry.py) is the source of truth: a version is processed only while
 its status is `published`, so replaying `model-updates` or restarting the updater never
 activates or announces anything twice. Every change to what is served holds the model's
 lock file under the model base path, shared with `recstream rollback` in other processes.
@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retrain.registry import ModelRegistry, RegistryState, UnsafeObjectKey, newest_event_ts
-from stream.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
+from stream.contracts.metadata import newest_event_ts
+from stream.contracts.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
+from stream.registry import ModelRegistry, RegistryState
 from stream.settings import Settings
+from stream.storage import UnsafeObjectKey
 from updater import metrics
 from updater.errors import (
     NothingToRollBack,
@@ -43,13 +45,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Options:
-    """Knobs of the updater (the first three from Settings)."""
+    """Knobs of the updater: the first four from Settings (`from_settings`), the rest fixed here."""
 
-    targets: tuple[str, ...]
-    load_timeout_s: float = 120.0
-    validate_timeout_s: float = 180.0
+    targets: tuple[str, ...]  # TF_SERVING_TARGETS, else TF_SERVING_GRPC
+    load_timeout_s: float  # UPDATER_LOAD_TIMEOUT_S
+    validate_timeout_s: float  # UPDATER_VALIDATE_TIMEOUT_S
+    reconcile_interval_s: float  # UPDATER_RECONCILE_S
     canary_requests: int = 3
-    reconcile_interval_s: float = 60.0
     lock_timeout_s: float = 600.0
     rpc_timeout_s: float = 30.0
 

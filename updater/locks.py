@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from stream import retry
 from updater.errors import Busy
 
 
@@ -23,16 +24,17 @@ def file_lock(path: Path, timeout_s: float, what: str) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + timeout_s
-        delay = 0.01
-        while True:
+
+        def acquired() -> bool:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return True
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise Busy(f"{what} is held by another process for more than {timeout_s:g}s") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.25)
+                return False
+
+        retry.poll(retry.FILE_LOCK, acquired)
         try:
             yield
         finally:

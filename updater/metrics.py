@@ -6,6 +6,8 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from stream.contracts import metrics as metric_names
+
 ACTIVATIONS = Counter("recstream_updater_activations_total", "Versions activated", ["model"])
 REJECTIONS = Counter(
     "recstream_updater_rejections_total",
@@ -43,7 +45,7 @@ SERVED_NEWEST_EVENT = Gauge(
     ["model"],
 )
 STALENESS = Gauge(
-    "recstream_updater_served_staleness_seconds",
+    metric_names.UPDATER_SERVED_STALENESS,
     "Now minus the newest event time the served version learnt from (rises until a newer version serves)",
     ["model"],
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream.model_events import ModelEvent
+from stream.contracts.model_events import ModelEvent
 from stream.settings import Settings
 from updater.core import Options, Updater
 

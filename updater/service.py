@@ -16,9 +16,11 @@ import time
 from kafka import KafkaConsumer
 from kafka.errors import NoBrokersAvailable
 
-from stream.model_events import PUBLISHED, ROLLED_BACK, parse_model_event
+from stream import retry
+from stream.consumers import kafka_consumer
+from stream.contracts.model_events import PUBLISHED, ROLLED_BACK, parse_model_event
+from stream.contracts.records import InvalidMessage
 from stream.producer import BrokerUnavailable
-from stream.schemas import InvalidMessage
 from stream.settings import Settings
 from updater import metrics
 from updater.core import Options, Updater
@@ -26,7 +28,6 @@ from updater.core import Options, Updater
 log = logging.getLogger(__name__)
 
 GROUP_ID = "recstream-updater"
-MAX_BACKOFF_S = 30.0
 
 
 class UpdaterService:
@@ -45,14 +46,15 @@ class UpdaterService:
         self.handled = 0  # records handled and committed (for tests and logs)
 
     def run(self, stop: threading.Event) -> None:
-        """Until `stop` is set. Errors are logged and retried with capped backoff, never fatal."""
+        """Until `stop` is set. Errors are logged and retried with capped backoff (stream.retry.UPDATER),
+        never fatal: a reconcile is scheduled again while records go on being read."""
         try:
             consumer = self._consumer()
         except BaseException:
             self.updater.close()
             raise
         interval = self.updater.options.reconcile_interval_s
-        backoff, next_check, full = 1.0, 0.0, True
+        delays, next_check, full = retry.Delays(retry.UPDATER), 0.0, True
         log.info("updater for model %s on %s", self.model, ", ".join(self.updater.options.targets))
         try:
             while not stop.is_set():
@@ -63,23 +65,26 @@ class UpdaterService:
                         else:
                             self.updater.check()
                     except Exception as exc:
-                        self._failed("reconcile", exc, backoff)
-                        next_check, backoff, full = time.monotonic() + backoff, _more(backoff), True
+                        delay = delays.next()
+                        self._failed("reconcile", exc, delay)
+                        next_check, full = time.monotonic() + delay, True
                         continue
-                    backoff, next_check, full = 1.0, time.monotonic() + interval, False
+                    delays.reset()
+                    next_check, full = time.monotonic() + interval, False
                 for partition, records in consumer.poll(timeout_ms=500).items():
                     record = records[0]
                     try:
                         self.handle(record.value)
                     except Exception as exc:
                         consumer.seek(partition, record.offset)  # not committed: handled again
-                        self._failed(f"record at offset {record.offset}", exc, backoff)
-                        stop.wait(backoff)
-                        backoff, next_check, full = _more(backoff), 0.0, True
+                        delay = delays.next()
+                        self._failed(f"record at offset {record.offset}", exc, delay)
+                        stop.wait(delay)
+                        next_check, full = 0.0, True
                         break
                     consumer.commit()
                     self.handled += 1
-                    backoff = 1.0
+                    delays.reset()
         finally:
             consumer.close()
             self.updater.close()
@@ -87,17 +92,14 @@ class UpdaterService:
 
     def _consumer(self) -> KafkaConsumer:
         try:
-            return KafkaConsumer(
+            return kafka_consumer(
                 self.settings.model_updates_topic,
-                bootstrap_servers=self.settings.require("kafka_bootstrap"),
+                settings=self.settings,
                 group_id=self.group_id,
                 client_id=self.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",  # replays are harmless: the registry says what is done
+                offset_reset="earliest",  # replays are harmless: the registry says what is done
                 fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
                 max_poll_records=1,
-                session_timeout_ms=int(self.settings.broker_session_timeout_s * 1000),
-                heartbeat_interval_ms=int(self.settings.broker_heartbeat_s * 1000),
                 max_poll_interval_ms=900_000,  # one activation may validate and load for minutes
             )
         except NoBrokersAvailable:
@@ -128,10 +130,6 @@ class UpdaterService:
     def _failed(self, what: str, exc: Exception, backoff: float) -> None:
         metrics.ERRORS.labels(self.model).inc()
         log.error("%s failed (retrying in %.0fs): %s", what, backoff, exc, exc_info=not _expected(exc))
-
-
-def _more(backoff: float) -> float:
-    return min(backoff * 2, MAX_BACKOFF_S)
 
 
 def _expected(exc: Exception) -> bool:

@@ -30,7 +30,8 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from stream.signatures import PREVIOUS_LABEL, RECOMMEND, STABLE_LABEL
+from stream import retry
+from stream.contracts.signatures import PREVIOUS_LABEL, RECOMMEND, STABLE_LABEL
 from updater.errors import SwapFailed, Unavailable, one_line
 from updater.locks import file_lock
 from updater.validate import SMOKE_K, SMOKE_USERS, Invalid, check_recommendations
@@ -214,11 +215,11 @@ class Target:
         asynchronously, so for a short while it can still report an earlier attempt's END.
         """
         started = time.monotonic()
-        delay = 0.05
-        while True:
+
+        def available() -> bool:
             state, error = self.state(model, version)
             if state == "AVAILABLE":
-                return
+                return True
             stale = (state, error) == before and time.monotonic() - started < STALE_STATE_S
             if state == "END" and error and not stale:
                 raise SwapFailed("load", f"version {version} failed to load on {self.endpoint}: {error}")
@@ -226,8 +227,9 @@ class Target:
                 raise SwapFailed(
                     "load", f"version {version} not AVAILABLE on {self.endpoint} in time (state {state})"
                 )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            return False
+
+        retry.poll(retry.MODEL_LOAD, available)
 
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         try:

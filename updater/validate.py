@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from stream.signatures import RECOMMEND, RECOMMEND_HISTORY, SCORE
+from stream.contracts.signatures import RECOMMEND, RECOMMEND_HISTORY, SCORE
 from updater.errors import SwapFailed, one_line
 
 # dtype names of tf.DType.name; rank None means "any".

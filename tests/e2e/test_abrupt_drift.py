@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 from test_closed_loop import LOOP_ENV, _round, first_version, loop_figures, report_figures, stack_up, wait_for
 
-from deploy import observe
+from deploy.console import observe
 from recommender.client import RecommendationClient
 from retrain.dataset import read_seed
+from stream.contracts.records import Transaction
 from stream.producer import EventProducer
-from stream.schemas import Transaction
 
 pytestmark = pytest.mark.e2e
 

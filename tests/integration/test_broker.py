@@ -11,11 +11,11 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka_helpers import read_all
 
-from deploy.processes import pid_alive
-from deploy.stack import BROKER, Stack
+from deploy.local.processes import pid_alive
+from deploy.local.stack import BROKER, Stack
+from stream.contracts.records import Transaction, parse_transaction
 from stream.produce import produce_file
 from stream.producer import EventProducer
-from stream.schemas import Transaction, parse_transaction
 from stream.settings import Settings
 from stream.sources import read_events
 

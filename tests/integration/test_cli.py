@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from kafka_helpers import read_all
 
-from deploy.processes import pid_alive
+from deploy.local.processes import pid_alive
 from stream.settings import Settings
 
-RECSTREAM = [sys.executable, "-m", "stream.cli"]
+RECSTREAM = [sys.executable, "-m", "deploy.cli"]
 
 
 def run(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -101,7 +101,7 @@ def test_file_without_valid_rows_fails(settings: Settings, tmp_path: Path) -> No
 
 def test_help_does_not_import_heavy_modules() -> None:
     code = (
-        "import sys, stream.cli; stream.cli.build_parser().format_help();"
+        "import sys, deploy.cli; deploy.cli.build_parser().format_help();"
         "heavy = {'tensorflow', 'faust', 'pandas', 'kafka', 'minio'} & set(sys.modules);"
         "print(sorted(heavy))"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kafka_helpers import read_all
 
-from deploy.processes import stop_child
+from deploy.local.processes import stop_child
 from stream.producer import EventProducer
 from stream.settings import Settings
 

@@ -25,10 +25,11 @@ from prometheus_client import REGISTRY
 
 from retrain.cf_model import Params
 from retrain.job import retrain_once
-from retrain.lineage import digest, offset_ranges, rebuild
-from retrain.registry import ModelRegistry
+from retrain.lineage import digest, offset_ranges
+from retrain.rebuild import rebuild
 from stream.produce import produce_file
 from stream.producer import EventProducer
+from stream.registry import ModelRegistry
 from stream.settings import Settings
 from stream.storage import ensure_buckets, make_client
 from updater.core import Updater
@@ -65,7 +66,7 @@ def lineage_settings(settings: Settings, fresh_topic: str) -> Settings:
 
 # `recstream` run by main(), then a check that TensorFlow was never imported.
 NO_TENSORFLOW = (
-    "import sys\nfrom stream.cli import main\ncode = main(sys.argv[1:])\n"
+    "import sys\nfrom deploy.cli import main\ncode = main(sys.argv[1:])\n"
     "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\nsys.exit(code)"
 )
 
@@ -82,7 +83,7 @@ def cli(settings: Settings, *args: str, python: str | None = None) -> subprocess
         "RETRAIN_MIN_USERS": str(settings.retrain_min_users),
     }
     return subprocess.run(
-        [sys.executable, *(["-c", python] if python else ["-m", "stream.cli"]), *args],
+        [sys.executable, *(["-c", python] if python else ["-m", "deploy.cli"]), *args],
         env=env,
         capture_output=True,
         text=True,

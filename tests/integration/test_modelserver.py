@@ -45,8 +45,8 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from deploy.local.processes import free_port
 from deploy.modelserver import grpc_healthy, rest_healthy
-from deploy.processes import free_port
 
 pytestmark = pytest.mark.integration
 

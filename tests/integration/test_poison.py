@@ -19,11 +19,11 @@ from ingest_helpers import Worker, stored_rows, wait_for
 from kafka_helpers import create_topic, read_all
 from prometheus_client import REGISTRY
 
-from retrain.registry import ModelRegistry
-from stream.alerts import DriftAlert
-from stream.model_events import ACTIVATED, PUBLISHED, ModelEvent
+from stream.contracts.alerts import DriftAlert
+from stream.contracts.model_events import ACTIVATED, PUBLISHED, ModelEvent
+from stream.contracts.records import MAX_MESSAGE_BYTES, Transaction
 from stream.producer import EventProducer
-from stream.schemas import MAX_MESSAGE_BYTES, Transaction
+from stream.registry import ModelRegistry
 from stream.settings import Settings
 from stream.storage import ensure_buckets, make_client
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from retrain.registry import ModelRegistry
-from stream.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
+from stream.contracts.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
+from stream.registry import ModelRegistry
 from stream.settings import Settings
 from stream.storage import make_client
 

@@ -19,11 +19,11 @@ import pytest
 from ingest_helpers import Worker, stored_rows, wait_for
 
 from retrain.job import NotEnoughData, retrain_once
-from retrain.registry import ModelRegistry
 from retrain.steps import data_step, publish_step, train_step
-from stream.model_events import ACTIVATED, ModelEvent, parse_model_event
+from stream.contracts.model_events import ACTIVATED, ModelEvent, parse_model_event
 from stream.produce import produce_file
 from stream.producer import EventProducer
+from stream.registry import ModelRegistry
 from stream.settings import Settings
 from stream.storage import ensure_buckets, make_client
 

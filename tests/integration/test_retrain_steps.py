@@ -25,16 +25,16 @@ from ingest.landing import Backoff, Lander
 from retrain import cf_model
 from retrain.dataset import read_seed
 from retrain.job import NotEnoughData, retrain_once
-from retrain.registry import ModelRegistry
 from retrain.steps import OUTCOME, MissingStepOutput, RunObjects, data_step, publish_step, train_step
-from stream.model_events import ACTIVATED, REJECTED, ModelEvent, parse_model_event
-from stream.schemas import Transaction
+from stream.contracts.model_events import ACTIVATED, REJECTED, ModelEvent, parse_model_event
+from stream.contracts.records import Transaction
+from stream.registry import ModelRegistry
 from stream.settings import Settings
 from stream.storage import ensure_buckets, make_client
 
 SEED_ROWS = 5000  # customers' baskets: ~17,800 events, ~1,900 held-out users
 PARAMS = dataclasses.replace(cf_model.Params(), epochs=3, hidden=64)
-RECSTREAM = [sys.executable, "-m", "stream.cli"]
+RECSTREAM = [sys.executable, "-m", "deploy.cli"]
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 def test_step_misuse_is_one_line(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
-    from stream.cli import main
+    from deploy.cli import main
 
     monkeypatch.setenv("RECSTREAM_HOME", "/nonexistent-recstream-home")
     with pytest.raises(SystemExit) as exit_info:

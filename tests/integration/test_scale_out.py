@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import TopicPartition as AioTopicPartition
 from ingest_helpers import Worker, stored_rows
@@ -29,19 +28,17 @@ from kafka.partitioner.default import murmur2
 from kafka_helpers import create_topic, read_json_until_idle
 from modelserver_helpers import Servers
 
-from deploy import observe
-from deploy.processes import free_port
+from deploy.console import observe
+from deploy.local.processes import free_port
 from recommender.client import RecommendationClient
 from retrain import cf_model, savedmodel
 from retrain.dataset import Interactions, build_interactions, read_seed
-from retrain.registry import ModelRegistry
+from stream.contracts.records import Transaction
 from stream.faust_transport import fetched_highwaters
-from stream.model_events import ACTIVATED, PUBLISHED, ModelEvent
 from stream.producer import EventProducer
-from stream.schemas import Transaction
 from stream.settings import Settings
 from stream.storage import ensure_buckets, make_client
-from updater.core import Updater
+from updater.activate import publish_and_activate
 
 pytestmark = pytest.mark.integration
 
@@ -49,13 +46,9 @@ PARTITIONS = 4
 T0 = 1_790_000_000.0
 
 
-def owned(port: int) -> set[int] | None:
-    """The partitions of `transactions` a worker exports as its own (None: its metrics do not answer)."""
-    try:
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=3).text
-    except requests.RequestException:
-        return None
-    return set(observe.partitions(observe.parse_metrics(text)))
+def owned(port: int) -> set[int]:
+    """The partitions of `transactions` a worker exports as its own (none while its metrics do not answer)."""
+    return set(observe.partitions(observe.scrape(f"127.0.0.1:{port}", timeout_s=3.0)))
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, workers: list[Worker]) -> None:
@@ -122,7 +115,7 @@ def test_two_ingest_workers_share_partitions_and_one_killed_loses_and_duplicates
     victim, survivor = started
     wait_until(lambda: shared_out(ports), 90, "the two workers to share the partitions", started)
     wait_until(lambda: "landed offsets" in victim.log.read_text(), 90, "the victim to land a batch", started)
-    theirs = owned(ports[0]) or set()
+    theirs = owned(ports[0])
     victim.kill(signal.SIGKILL)  # mid-stream: 4,000 more events come after it
     landed_at_kill = len(stored_rows(s))
     assert landed_at_kill < len(events)
@@ -170,15 +163,7 @@ def scorers(
         train = build_interactions(read_seed(seed_file).iloc[:5000])
         trained = cf_model.train(train, dataclasses.replace(cf_model.Params(), epochs=2))
         export = savedmodel.export(trained, tmp_path / "export-1", 1, {"version": 1}, model)
-        registry = ModelRegistry(make_client(s), s.models_bucket, s.model_name)
-        registry.upload_version(export, 1)
-        with EventProducer(s) as producer:
-            registry.announce(ModelEvent(PUBLISHED, model, 1, {}), producer, s.model_updates_topic)
-            updater = Updater(s, producer=producer)
-            try:
-                assert updater.process(1).event == ACTIVATED
-            finally:
-                updater.close()
+        publish_and_activate(s, export, 1)
         ports = [free_port(), free_port()]
         for i, port in enumerate(ports, 1):
             started.append(
@@ -206,7 +191,7 @@ def test_two_scorer_workers_one_killed_answer_every_request_once_and_keep_exclus
     s, ports, train = scorers
     victim, survivor = started
     wait_until(lambda: shared_out(ports), 120, "the two scorers to share the partitions", started)
-    theirs = owned(ports[0]) or set()
+    theirs = owned(ports[0])
     users = train.users.ids[:48]
     moved = [u for u in users if partition_of(u) in theirs]
     assert moved and len(moved) < len(users)

@@ -8,7 +8,7 @@ import time
 import pytest
 from control_helpers import scheduler_on_alerts
 
-from stream.alerts import DriftAlert
+from stream.contracts.alerts import DriftAlert
 from stream.producer import EventProducer
 from stream.settings import Settings
 

@@ -25,21 +25,19 @@ import requests
 from ingest_helpers import Worker
 from kafka_helpers import create_topic, read_json_until_idle
 from modelserver_helpers import Servers
-from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.processes import free_port
+from deploy.console import observe
+from deploy.local.processes import free_port
 from recommender.client import NoAnswer, RecommendationClient
 from retrain import cf_model, savedmodel
 from retrain.dataset import Interactions, build_interactions, read_seed
 from retrain.job import reference_distributions
-from retrain.registry import ModelRegistry
-from stream.alerts import parse_drift_alert
-from stream.model_events import ACTIVATED, PUBLISHED, ModelEvent
+from stream.contracts.alerts import parse_drift_alert
+from stream.contracts.records import Transaction
 from stream.producer import EventProducer
-from stream.schemas import Transaction
 from stream.settings import Settings
-from stream.storage import make_client
-from updater.core import Updater
+from updater.activate import publish_and_activate
+from updater.errors import UpdaterError
 
 pytestmark = pytest.mark.integration
 
@@ -67,11 +65,9 @@ class Scoring:
 
     def metric(self, name: str, **labels: str) -> float | None:
         text = requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return sample.value
-        return None
+        page = observe.parse_metrics(text)
+        found = [v for lbl, v in page.get(name, []) if all(lbl.get(k) == x for k, x in labels.items())]
+        return found[0] if found else None
 
     def purchase(self, pairs: list[tuple[str, str]]) -> None:
         with EventProducer(self.settings) as producer:
@@ -90,20 +86,6 @@ def _topics(settings: Settings, model: str) -> dict[str, str]:
         "model_updates_topic": create_topic(bootstrap, f"{model}-model-updates", partitions=1),
         "drift_alerts_topic": create_topic(bootstrap, f"{model}-drift-alerts", partitions=1),
     }
-
-
-def _publish_and_activate(s: Settings, export: Path, version: int) -> None:
-    """As a retrain and the updater do it: upload, `published`, then validate, stage, load, `activated`."""
-    registry = ModelRegistry(make_client(s), s.models_bucket, s.model_name)
-    registry.upload_version(export, version)
-    with EventProducer(s) as producer:
-        registry.announce(ModelEvent(PUBLISHED, s.model_name, version, {}), producer, s.model_updates_topic)
-        updater = Updater(s, producer=producer)
-        try:
-            event = updater.process(version)
-        finally:
-            updater.close()
-    assert event is not None and event.event == ACTIVATED, event
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +112,7 @@ def scoring(
         export = savedmodel.export(
             trained, root / "export-1", 1, {"version": 1, "reference": reference_distributions(train)}, model
         )
-        _publish_and_activate(s, export, 1)
+        publish_and_activate(s, export, 1)
 
         port, http_port = free_port(), free_port()
         scorer = Worker(
@@ -386,7 +368,17 @@ def test_a_version_without_the_history_signature_is_served_through_serving_defau
     from saved_models import build_version
 
     s = scoring.settings
-    _publish_and_activate(s, build_version(tmp_path / "v2", 2, model=s.model_name), 2)  # no history signature
+    publish_and_activate(s, build_version(tmp_path / "v2", 2, model=s.model_name), 2)  # no history signature
     user = scoring.train.users.ids[40]
     answer, _ = _ask_until(scoring, user, lambda a: a.get("model_version") == 2, timeout_s=60)
     assert answer["items"] == [f"{user}-v2-{j}" for j in range(10)] and answer["fallback"] is False
+
+
+def test_publish_and_activate_says_why_a_version_was_not_activated(scoring: Scoring, tmp_path: Path) -> None:
+    """The shared helper's failure: the updater's rejection comes back as an error with its reason."""
+    from saved_models import build_version
+
+    s = scoring.settings
+    broken = build_version(tmp_path / "v9", 9, flaw="wrong-input-name", model=s.model_name)
+    with pytest.raises(UpdaterError, match=rf"version 9 of {s.model_name} was not activated \(rejected: "):
+        publish_and_activate(s, broken, 9)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from deploy.local.processes import StackError, pid_alive
+from deploy.local.stack import Stack
 from deploy.modelserver import rest_healthy
-from deploy.processes import StackError, pid_alive
-from deploy.stack import Stack
 from stream.net import split_hostport
 from stream.settings import Settings, load_settings, read_env_file
 from stream.topics import existing_topics

@@ -28,11 +28,11 @@ from prometheus_client import REGISTRY
 from saved_models import build_version, corrupt, recommend_request
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from deploy.processes import free_port
-from deploy.stack import EMPTY_MODEL_CONFIG
-from retrain.registry import ModelRegistry
-from stream.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
+from deploy.local.processes import free_port
+from deploy.local.stack import EMPTY_MODEL_CONFIG
+from stream.contracts.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
 from stream.producer import EventProducer
+from stream.registry import ModelRegistry
 from stream.settings import Settings
 from stream.storage import make_client
 from updater.core import Options, Updater, desired_entry
@@ -252,7 +252,9 @@ def test_replicas_a_failing_replica_and_a_server_that_lost_everything(
     )
     model = s.model_name
     registry = ModelRegistry(make_client(s), s.models_bucket, model)
-    options = Options(targets=(a, b), load_timeout_s=60)
+    options = Options.from_settings(
+        dataclasses.replace(s, tf_serving_targets=f"{a},{b}", updater_load_timeout_s=60)
+    )
     with EventProducer(s) as producer:
         for version in (1, 2):
             publish(registry, producer, s.model_updates_topic, exports[version], version)
@@ -288,7 +290,8 @@ def test_replicas_a_failing_replica_and_a_server_that_lost_everything(
         servers.config.write_text(EMPTY_MODEL_CONFIG)
         (c,) = servers.start(1)
         restores = metric("recstream_updater_restores_total", model=model)
-        updater = Updater(s, Options(targets=(c,), load_timeout_s=60), producer=producer)
+        replica = dataclasses.replace(s, tf_serving_targets=c, updater_load_timeout_s=60)
+        updater = Updater(s, Options.from_settings(replica), producer=producer)
         try:
             events = updater.reconcile()
             assert [(e.event, e.version) for e in events] == [(ACTIVATED, 3)]

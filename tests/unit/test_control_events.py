@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from stream.alerts import DriftAlert, parse_drift_alert
-from stream.model_events import MAX_EVENT_BYTES, ModelEvent, parse_model_event
-from stream.schemas import InvalidMessage
+from stream.contracts.alerts import DriftAlert, parse_drift_alert
+from stream.contracts.model_events import MAX_EVENT_BYTES, ModelEvent, parse_model_event
+from stream.contracts.records import InvalidMessage
 
 
 def test_model_event_round_trip() -> None:

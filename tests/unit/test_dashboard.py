@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from stream.contracts import metrics as metrics_contract
+
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD_FILE = GRAFANA / "recstream-dashboard.json"
@@ -82,6 +84,18 @@ def _metric_calls(tree: ast.Module) -> Iterator[tuple[str, ast.Call]]:
             yield func.attr, node
 
 
+def _resolve_name(node: ast.expr | None) -> ast.expr | None:
+    """A name taken from the contract (`metric_names.X`, stream.contracts.metrics) as its literal."""
+    if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "metric_names"
+        and isinstance(getattr(metrics_contract, node.attr, None), str)
+    ):
+        return ast.Constant(getattr(metrics_contract, node.attr))
+    return node
+
+
 def defined_metrics() -> dict[str, dict[str, Any]]:
     """name as written in the code -> {type, labels, where}."""
     metrics: dict[str, dict[str, Any]] = {}
@@ -94,6 +108,7 @@ def defined_metrics() -> dict[str, dict[str, Any]]:
                     if call.args
                     else next((k.value for k in call.keywords if k.arg == "name"), None)
                 )
+                name_node = _resolve_name(name_node)
                 assert isinstance(name_node, ast.Constant) and isinstance(name_node.value, str), (
                     f"{path.relative_to(ROOT)}:{call.lineno}: {kind} without a literal name"
                 )

@@ -1,4 +1,4 @@
-"""Drift tracking logic: the hit join, Page-Hinkley, binned PSI, hysteresis and cooldown."""
+"""Drift tracking logic: the hit join, the change detectors, binned PSI, hysteresis and cooldown."""
 
 from __future__ import annotations
 
@@ -6,13 +6,23 @@ import dataclasses
 import itertools
 
 import numpy as np
+import pytest
 
-from recommender.drift import Alarm, DriftConfig, DriftMonitor, PageHinkley, Reference, popularity_bins, psi
+from recommender.detectors import ADWIN, PageHinkley
+from recommender.drift import Alarm, DriftConfig, DriftMonitor, Reference, popularity_bins, psi
+from stream.settings import default_settings, load_settings
 
 ITEMS = [f"i{n}" for n in range(300)]
 SHARES = np.arange(300, 0, -1, dtype=float) / np.arange(300, 0, -1).sum()
 REFERENCE = Reference(1, dict(zip(ITEMS, SHARES.tolist(), strict=True)))
-CONFIG = DriftConfig(horizon_s=100, window_events=2000, min_events=500, min_outcomes=50, cooldown_s=0)
+CONFIG = dataclasses.replace(
+    DriftConfig.from_settings(default_settings()),
+    horizon_s=100,
+    window_events=2000,
+    min_events=500,
+    min_outcomes=50,
+    cooldown_s=0,
+)
 
 
 def test_a_purchase_resolves_open_recommendations_within_the_horizon() -> None:
@@ -39,12 +49,15 @@ def test_a_purchase_before_the_recommendation_does_not_resolve_it() -> None:
 
 def test_page_hinkley_is_quiet_on_a_stable_rate_and_fires_on_a_fall() -> None:
     rng = np.random.default_rng(7)
-    detector = PageHinkley(delta=0.05, threshold=15)
-    stable = [detector.update(float(x)) for x in rng.random(5000) < 0.25]
+    detector: PageHinkley[int] = PageHinkley(delta=0.05, threshold=15, min_instances=50)
+    stable = []
+    for x in rng.random(5000) < 0.25:
+        assert not detector.update(float(x))
+        stable.append(detector.statistic)
     assert max(stable) < 15
-    fallen = [detector.update(float(x)) for x in rng.random(300) < 0.02]
-    first = next(i for i, value in enumerate(fallen) if value > 15)
+    first = next(i for i, x in enumerate(rng.random(300) < 0.02) if detector.update(float(x)))
     assert first < 120  # about 75 outcomes after the fall at this rate
+    assert detector.statistic > 15
 
 
 def test_bins_have_about_equal_reference_mass_and_psi_is_zero_on_the_reference() -> None:
@@ -151,9 +164,13 @@ def test_a_raised_alarm_repeats_once_per_repeat_interval_and_never_within_the_co
     assert alarm.check(2.0, 110)
 
 
-def test_a_concept_alert_starts_at_the_fall_in_event_time() -> None:
+# Page-Hinkley's change point is the rise since the cumulative sum's last low: the fall's first
+# miss, or a chance run of misses just before it. ADWIN's is the start of the window it keeps: the
+# longest recent one it cannot tell from the new level, which reaches back before the fall.
+@pytest.mark.parametrize(("detector", "earliest"), [("page-hinkley", 10_180), ("adwin", 10_000)])
+def test_a_concept_alert_starts_at_the_fall_in_event_time(detector: str, earliest: int) -> None:
     """Purchases replayed with old `ts` arrive now: the window says where the fall began in both times."""
-    monitor = DriftMonitor(dataclasses.replace(CONFIG, ph_threshold=5.0))
+    monitor = DriftMonitor(dataclasses.replace(CONFIG, ph_threshold=5.0, detector=detector))
     rng = np.random.default_rng(3)
     alerts = []
     for n in range(400):
@@ -163,11 +180,27 @@ def test_a_concept_alert_starts_at_the_fall_in_event_time() -> None:
         monitor.purchased(f"u{n}", "a" if hit else "z", arrival, event_ts=event_ts)
         alerts += monitor.check(arrival)
     first = alerts[0]
-    assert first.kind == "concept"
+    assert first.kind == "concept" and first.statistic == f"{detector.replace('-', '_')}_hit_rate"
+    assert first.value > first.threshold
     arrival, event_ts = first.window["from"], first.window["from_ts"]
-    # The rise since the last low: the fall's first miss, or a chance run of misses just before it.
-    assert 10_200 - 20 <= arrival <= 10_200 and event_ts == 1.5e9 + 60.0 * (arrival - 10_000)
+    assert earliest <= arrival <= 10_200 and event_ts == 1.5e9 + 60.0 * (arrival - 10_000)
     assert first.ts > 10_200
+
+
+def test_the_detector_and_its_parameters_are_settings() -> None:
+    """DRIFT_DETECTOR picks river's test; DRIFT_PH_* / DRIFT_ADWIN_DELTA and DRIFT_MIN_OUTCOMES reach it."""
+    given = {"DRIFT_MIN_OUTCOMES": "20", "DRIFT_ADWIN_DELTA": "0.01", "DRIFT_PH_DELTA": "0.1"}
+    adwin = load_settings({**given, "DRIFT_DETECTOR": "adwin"}, environ={}, use_stack_env=False)
+    detector = DriftConfig.from_settings(adwin).new_detector()
+    assert isinstance(detector, ADWIN) and detector.threshold == 0.0
+    assert (detector._test.delta, detector._test.grace_period) == (0.01, 20)
+    ph = load_settings({**given, "DRIFT_PH_THRESHOLD": "7"}, environ={}, use_stack_env=False)
+    detector = DriftConfig.from_settings(ph).new_detector()
+    assert isinstance(detector, PageHinkley) and detector.threshold == 7.0
+    river_ph = detector._test
+    assert (river_ph.delta, river_ph.threshold, river_ph.min_instances) == (0.1, 7.0, 20)
+    assert (river_ph.alpha, river_ph.mode) == (1.0, "down")  # no forgetting, falls only
+    assert DriftConfig.from_settings(default_settings()).new_detector().name == "page_hinkley"
 
 
 def test_a_data_alert_window_carries_its_first_purchases_event_time() -> None:

@@ -12,8 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from retrain.registry import ModelRegistry, UnsafeObjectKey, contained_path
+from stream.registry import ModelRegistry
 from stream.settings import SettingsError, load_settings
+from stream.storage import UnsafeObjectKey, contained_path
 from updater.validate import child_env
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,10 +12,12 @@ import numpy as np
 import pandas as pd
 from prometheus_client import REGISTRY
 
-from deploy.observe import median_purchase_to_served
+from deploy.console.observe import median_purchase_to_served
+from deploy.console.tables import format_history
 from retrain import lineage
-from retrain.registry import RegistryState, format_history, newest_event_ts, version_history
-from stream.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
+from stream.contracts.metadata import newest_event_ts
+from stream.contracts.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
+from stream.registry import RegistryState, version_history
 from updater import metrics
 
 

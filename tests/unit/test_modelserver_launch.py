@@ -6,9 +6,9 @@ import random
 import sys
 from pathlib import Path
 
+from deploy.local.processes import free_port
 from deploy.modelserver import command, rest_healthy
 from deploy.modelserver.server import parse_args
-from deploy.processes import free_port
 
 
 def test_command_line_is_what_the_server_parses(tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from deploy import report
-from deploy.timeline import load_run
-from stream.cli import main
+from deploy.cli import main
+from deploy.console import report
+from deploy.console.timeline import load_run
 
 START = 1_790_000_000.0
 THRESHOLDS = {

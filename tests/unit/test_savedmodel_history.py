@@ -9,7 +9,7 @@ from test_cf_model import SMALL, chain_events
 
 from retrain import cf_model, savedmodel
 from retrain.dataset import build_interactions
-from stream.signatures import RECOMMEND, RECOMMEND_HISTORY
+from stream.contracts.signatures import RECOMMEND, RECOMMEND_HISTORY
 
 
 @pytest.fixture(scope="module")

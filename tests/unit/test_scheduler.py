@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from retrain.scheduler import MAX_BOOSTED_RUNS, RetrainScheduler
-from stream.alerts import DriftAlert
+from stream.contracts.alerts import DriftAlert
 
 ALERT = DriftAlert("concept", "page_hinkley", 3.0, 1.0, model_version=1)
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from ingest.batches import event_date
-from stream.schemas import (
+from stream.contracts.lake import event_date
+from stream.contracts.records import (
     DEFAULT_K,
     MAX_MESSAGE_BYTES,
     MAX_TS,

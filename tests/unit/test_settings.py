@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from stream.settings import (
     ENV_NAMES,
+    FIELDS,
     LOCAL_SECRET_KEY,
+    Settings,
     SettingsError,
+    default_settings,
     load_settings,
     read_env_file,
     write_env_file,
@@ -86,3 +90,13 @@ def test_design_names_are_settings() -> None:
         "RECSTREAM_HOME",
     }
     assert design <= ENV_NAMES
+
+
+def test_each_setting_is_declared_once_as_a_field_and_fields_lists_them_all() -> None:
+    declared = [f.name for f in dataclasses.fields(Settings) if f.name != "home"]
+    assert [f.attr for f in FIELDS] == declared  # every field is a setting, in declaration order
+    assert len(ENV_NAMES) == len(FIELDS) + 1  # one environment name each, and RECSTREAM_HOME
+    defaults = default_settings()
+    for field in FIELDS:  # a field's Python default is its declared default text, parsed
+        assert getattr(defaults, field.attr) == field.parse(field.default), field.env
+    assert defaults == load_settings(environ={"RECSTREAM_HOME": str(defaults.home)}, use_stack_env=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.schemas import Transaction
+from stream.contracts.records import Transaction
 from stream.sources import Rejected, SourceError, detect_format, read_events
 
 SEED_FILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "transactions.csv"

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from port_helpers import held_port
 
-from deploy import observe
-from deploy.processes import StackError, free_port, pid_alive
-from deploy.supervisor import (
+from deploy import cli
+from deploy.console import observe
+from deploy.local.processes import StackError, free_port, pid_alive
+from deploy.local.supervisor import (
     METRICS_PORT,
     SERVICE_PORTS,
     SERVICES,
@@ -21,7 +22,6 @@ from deploy.supervisor import (
     read_state,
     service_ports,
 )
-from stream import cli
 from stream.settings import ENV_NAMES, FIELDS, load_settings
 
 

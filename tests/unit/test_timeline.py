@@ -6,8 +6,8 @@ import itertools
 import json
 from pathlib import Path
 
-from deploy import timeline
-from deploy.observe import Snapshot
+from deploy.console import timeline
+from deploy.console.observe import Snapshot
 from stream.settings import load_settings
 
 START = 1_790_000_000.0

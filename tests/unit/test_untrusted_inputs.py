@@ -18,11 +18,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.batches import event_date
-from retrain.registry import ModelRegistry
-from stream.alerts import KINDS, parse_drift_alert
-from stream.model_events import EVENTS, MAX_VERSION, parse_model_event
-from stream.schemas import (
+from stream.contracts.alerts import KINDS, parse_drift_alert
+from stream.contracts.lake import event_date
+from stream.contracts.model_events import EVENTS, MAX_VERSION, parse_model_event
+from stream.contracts.records import (
     MAX_ID_LENGTH,
     MAX_K,
     MAX_QUANTITY,
@@ -31,6 +30,7 @@ from stream.schemas import (
     parse_request,
     parse_transaction,
 )
+from stream.registry import ModelRegistry
 
 PROPERTY = settings(max_examples=300, deadline=None)
 

@@ -10,8 +10,8 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from deploy.modelserver.config import read_config_file
-from retrain.registry import RegistryState
-from stream.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
+from stream.contracts.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
+from stream.registry import RegistryState
 from stream.settings import load_settings
 from updater.core import Options, desired_entry, ever_activated, pending
 from updater.errors import Busy
@@ -84,6 +84,10 @@ def test_options_default_to_the_one_grpc_endpoint() -> None:
     )
     options = Options.from_settings(settings)
     assert options.targets == ("127.0.0.1:8500",) and options.load_timeout_s == 7
+    assert (options.validate_timeout_s, options.reconcile_interval_s) == (
+        settings.updater_validate_timeout_s,
+        settings.updater_reconcile_s,
+    )
     replicas = dataclasses.replace(settings, tf_serving_targets="a:1, b:2,")
     assert Options.from_settings(replicas).targets == ("a:1", "b:2")
 

@@ -1,6 +1,6 @@
 """The `model-updates` contract: one event per step of a model version's life.
 
-The same events are the model registry's records (retrain/registry.py), so the topic and
+The same events are the model registry's records (stream/registry.py), so the topic and
 the registry can never disagree about what an event means.
 """
 
@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.schemas import MAX_MESSAGE_BYTES, InvalidMessage, finite_number, load_json
+from stream.contracts.records import MAX_MESSAGE_BYTES, InvalidMessage, finite_number, load_json
 
 # Control events share the one message bound (checked before parsing; a real event is a few
 # hundred bytes); the name stays for the registry's reads of event objects.

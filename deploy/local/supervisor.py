@@ -3,8 +3,10 @@
 Each service (`recstream ingest|updater|scheduler|scorer`) runs as a child in its own
 process group with its output in `$RECSTREAM_HOME/logs/<service>.log`. A service that
 exits is started again after a backoff that doubles up to `max_backoff_s` and resets once
-it has run for `stable_after_s`. Stopping (Ctrl-C, SIGTERM, `recstream down`) sends
-SIGTERM to every service, then SIGKILL to what is left after the grace period.
+it has run for `stable_after_s` (stream.retry.Delays: each service's delay is state of this
+process table, advanced by `poll`, not a call retried in place, so tenacity's loop does not
+apply). Stopping (Ctrl-C, SIGTERM, `recstream down`) sends SIGTERM to every service, then
+SIGKILL to what is left after the grace period.
 
 Every port a service listens on (`SERVICE_PORTS`) is chosen free unless pinned in the
 environment, so two stacks in two homes never collide; a pinned port must be free before
@@ -37,8 +39,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
-from deploy.processes import StackError, check_pinned_free, free_port, pid_alive, port_is_free, stop_pid
+from deploy.local.processes import StackError, check_pinned_free, free_port, pid_alive, port_is_free, stop_pid
+from stream import retry
 from stream.settings import FIELDS, Settings, read_env_file, write_env_file
 
 log = logging.getLogger(__name__)
@@ -74,7 +78,7 @@ def pinned_ports(environ: Mapping[str, str], services: tuple[str, ...] = SERVICE
             if not raw:
                 continue
             try:
-                port = int(_FIELDS[env].parse(raw))
+                port = int(cast(int, _FIELDS[env].parse(raw)))  # a port setting parses to an int
             except ValueError as exc:
                 raise StackError(f"{env}={raw!r}: {exc}") from None
             if port:
@@ -209,7 +213,9 @@ class Service:
     started_at: float = 0.0
     service: str = ""  # the CLI command it runs (`name` is the worker's): the name when empty
     restarts: int = 0
-    backoff_s: float = 1.0
+    delays: retry.Delays = field(
+        default_factory=lambda: retry.Delays(retry.Policy(retry.SERVICE_RESTART_INITIAL_S, 60.0))
+    )
     restart_at: float | None = None
     exits: list[int] = field(default_factory=list)
     last_error: str = ""
@@ -249,6 +255,7 @@ class Supervisor:
                 service = Service(
                     worker, env, self.home / "logs" / f"{worker}.log", host=self.host, service=name
                 )
+                service.delays = retry.Delays(retry.Policy(retry.SERVICE_RESTART_INITIAL_S, max_backoff_s))
                 self.services.append(service)
                 for setting in service_ports(name):
                     pinned = self.pinned.get(setting) if index == 0 else None  # pinned: the first's
@@ -291,7 +298,7 @@ class Supervisor:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start {service.name}\n".encode())
             out.flush()
             service.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", service.service],
+                [sys.executable, "-m", "deploy.cli", service.service],
                 env=service.env,
                 cwd=self.home,
                 stdin=subprocess.DEVNULL,
@@ -312,13 +319,11 @@ class Supervisor:
                 service.exits.append(code)
                 service.last_error = f"exit {code}: {last_error(service.log_path, service.name) or '-'}"
                 if now - service.started_at >= self.stable_after_s:
-                    service.backoff_s = 1.0
-                service.restart_at = now + service.backoff_s
-                events.append(
-                    f"{service.name} exited ({service.last_error}); restarting in {service.backoff_s:g}s"
-                )
+                    service.delays.reset()
+                delay = service.delays.next()
+                service.restart_at = now + delay
+                events.append(f"{service.name} exited ({service.last_error}); restarting in {delay:g}s")
                 log.warning(events[-1])
-                service.backoff_s = min(service.backoff_s * 2, self.max_backoff_s)
                 service.proc = None
                 self._save()
             if service.proc is None and service.restart_at is not None and now >= service.restart_at:
@@ -333,17 +338,17 @@ class Supervisor:
             self.poll()
 
     def stop(self) -> None:
-        running = [s for s in self.services if s.proc is not None and s.proc.poll() is None]
-        for service in running:
-            os.killpg(service.proc.pid, signal.SIGTERM)
+        running = [(s, s.proc) for s in self.services if s.proc is not None and s.proc.poll() is None]
+        for _, proc in running:
+            os.killpg(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
-        for service in running:
+        for service, proc in running:
             try:
-                service.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in %gs; killing it", service.name, self.grace_s)
                 with contextlib.suppress(StackError):
-                    stop_pid(service.proc.pid, timeout=0.1)
+                    stop_pid(proc.pid, timeout=0.1)
             log.info("%s: stopped", service.name)
         self.state_path.unlink(missing_ok=True)
         write_targets(self.home, {})
@@ -412,7 +417,7 @@ def _is_service(pid: int | None, name: str) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    command = any(arg == b"stream.cli" or arg.endswith(b"/recstream") for arg in argv)
+    command = any(arg == b"deploy.cli" or arg.endswith(b"/recstream") for arg in argv)
     return command and name.encode() in argv
 
 
@@ -422,7 +427,7 @@ def stop_running(home: Path, timeout_s: float = 60.0) -> bool:
     state = read_state(home, alive_only=False)
     pid = state.get("supervisor")
     stopped = False
-    if pid_alive(pid) and _is_service(pid, "up"):
+    if pid is not None and pid_alive(pid) and _is_service(pid, "up"):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s

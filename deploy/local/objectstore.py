@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from deploy.processes import PORT_RANGE, StackError, port_is_free
+from deploy.local.processes import PORT_RANGE, StackError, port_is_free
 from stream.settings import Settings
 
 GRPC_OFFSET = 10000

@@ -7,7 +7,6 @@ commands never pay for TensorFlow, pandas or Faust.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
@@ -20,7 +19,8 @@ from stream.errors import RecstreamError
 from stream.settings import load_settings, parse_log_level, positive_float, positive_int
 
 T = TypeVar("T")
-DEFAULT_SEED = Path(__file__).resolve().parents[2] / "shared" / "data" / "transactions.csv"
+# The seed beside a checkout (DESIGN: ../shared/data), relative to where `recstream up` runs.
+DEFAULT_SEED = Path("..") / "shared" / "data" / "transactions.csv"
 
 log = logging.getLogger("recstream")
 
@@ -45,7 +45,7 @@ def _arg(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 
 def _k(text: str) -> int:
-    from stream.schemas import MAX_K
+    from stream.contracts.records import MAX_K
 
     value = positive_int(text)
     if value > MAX_K:
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--rate", type=_arg(positive_float), default=200.0, help="demo: purchases per second (default 200)"
     )
-    up.add_argument("--seed", type=Path, default=None, help="demo: the seed file (default ../shared/data)")
+    up.add_argument("--seed", type=Path, default=None, help=f"demo: the seed file (default {DEFAULT_SEED})")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop what `up` started")
@@ -198,7 +198,7 @@ def _settings(args: argparse.Namespace, *required: str):
 
 
 def _stack(args: argparse.Namespace):
-    from deploy.stack import Stack
+    from deploy.local.stack import Stack
 
     return Stack.from_environment(_overrides(args))
 
@@ -215,11 +215,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     # configured endpoint, not our own part still running) and of the services are free and distinct.
     infra = stack.pinned_ports_to_start()
     if args.infra:
-        from deploy.processes import check_pinned_free
+        from deploy.local.processes import check_pinned_free
 
         check_pinned_free(infra)
     else:  # and no services of this home run
-        from deploy.supervisor import check_services
+        from deploy.local.supervisor import check_services
 
         check_services(stack.home, stack.configured.metrics_host, infra=infra)
     settings = stack.up()
@@ -246,10 +246,10 @@ def _supervise(args: argparse.Namespace, settings) -> int:
     import threading
     import time
 
-    from deploy import demo as demo_mode
-    from deploy import observe
-    from deploy.supervisor import Supervisor
-    from deploy.timeline import Recorder
+    from deploy.console import demo as demo_mode
+    from deploy.console import observe
+    from deploy.console.timeline import Recorder
+    from deploy.local.supervisor import Supervisor
 
     seed = args.seed or DEFAULT_SEED
     if args.demo and not seed.is_file():
@@ -263,12 +263,13 @@ def _supervise(args: argparse.Namespace, settings) -> int:
     try:
         supervisor.start()
         for service in supervisor.services:  # where each one's metrics are (chosen free unless pinned)
-            print(f"{service.name:<12} {service.metrics or '-':<22} pid {service.proc.pid}", flush=True)
+            pid = service.proc.pid if service.proc else "-"
+            print(f"{service.name:<12} {service.metrics or '-':<22} pid {pid}", flush=True)
         recorder = Recorder(settings).start()  # the run's timeline, for `recstream report`
         if args.demo:
             demo = demo_mode.Demo(settings, seed, args.rate)
             demo.start(stop)
-        _watch(settings, supervisor, demo, stop, started, args.for_s)
+        demo_mode.watch(settings, supervisor, demo, stop, started, args.for_s)
     finally:
         stop.set()
         try:
@@ -291,45 +292,8 @@ def _supervise(args: argparse.Namespace, settings) -> int:
     return 0
 
 
-def _watch(settings, supervisor, demo, stop, started: float, for_s: float | None) -> None:
-    """Supervise and show the figures: a live table on a terminal, a line every 10 s otherwise."""
-    import time
-
-    from rich.console import Console
-    from rich.live import Live
-
-    from deploy import demo as demo_mode
-    from deploy import observe
-
-    console = Console()
-    registry = observe.registry_of(settings)  # one reader: it caches the event objects it read
-    before = observe.snapshot(settings, registry=registry)
-    live = Live(console=console, refresh_per_second=1) if console.is_terminal else None
-    last_line = 0.0
-    with live or contextlib.nullcontext():
-        while not stop.wait(2.0):
-            for event in supervisor.poll():
-                console.print(event)
-            now = time.monotonic()
-            if for_s and now - started >= for_s:
-                break
-            after = observe.snapshot(settings, registry=registry)
-            rates = observe.rates(before, after)
-            before = after
-            if demo is not None and after.active_version is not None:
-                demo.asking.set()
-            if live is not None:
-                live.update(demo_mode.render(after, rates, demo, now - started))
-            elif now - last_line >= 10:
-                figures = observe.figures(after, rates)
-                console.print(
-                    f"[{now - started:,.0f}s] " + " | ".join(f"{k}: {v}" for k, v in figures.items())
-                )
-                last_line = now
-
-
 def cmd_down(args: argparse.Namespace) -> int:
-    from deploy.supervisor import stop_running
+    from deploy.local.supervisor import stop_running
 
     stack = _stack(args)
     services = stop_running(stack.home)
@@ -341,8 +305,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import time
 
-    from deploy import observe
-    from deploy.supervisor import services_status
+    from deploy.console import observe
+    from deploy.local.supervisor import services_status
 
     stack = _stack(args)
     parts = stack.status()
@@ -381,7 +345,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Render the timeline `up` recorded (nothing needs to run)."""
-    from deploy.report import write_report
+    from deploy.console.report import write_report
 
     print(f"report written to {write_report(_settings(args).home, args.out)}")
     return 0
@@ -444,7 +408,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_retrain(args: argparse.Namespace) -> int:
     """One-shot retrain, or one step of it (`--step`) in the Kubeflow pipeline's run `--run-id`."""
     from rich.console import Console
-    from rich.table import Table
+
+    from deploy.console import tables
 
     if args.step is not None and args.run_id is None:
         args.usage_error("--step needs --run-id (the pipeline run the steps share)")
@@ -460,26 +425,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     settings.require("minio_endpoint")
     console = Console(stderr=True)
 
-    def progress(epoch: int, epochs: int, logs: dict[str, float]) -> None:
-        figures = "  ".join(f"{name} {value:.4f}" for name, value in logs.items())
-        console.print(f"epoch {epoch}/{epochs}  {figures}", highlight=False)
-
-    def metrics_table(title: str, metrics: dict[str, dict[str, float]]) -> None:
-        table = Table(title=title)
-        for column in ("model", "HR@10", "NDCG@10", "coverage@10", "users"):
-            table.add_column(column, justify="left" if column == "model" else "right")
-        for name, values in metrics.items():
-            table.add_row(
-                name,
-                f"{values['hr']:.4f}",
-                f"{values['ndcg']:.4f}",
-                f"{values['coverage']:.3f}",
-                f"{values['users']:,}",
-            )
-        Console().print(table)
-
-    def timing(seconds: dict[str, float]) -> str:
-        return ", ".join(f"{step} {value:.1f}s" for step, value in seconds.items())
+    progress = tables.epoch_printer(console)
 
     if args.step == "data":
         from retrain.steps import data_step
@@ -488,7 +434,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         data = data_step(settings, args.run_id, drift_from=args.drift_from)
         print(
             f"data of run {data.run_id}: {data.window['events']:,} events, {data.train_events:,} to train "
-            f"on, {data.holdout_users:,} held-out users ({timing(data.seconds)}) in {data.where}"
+            f"on, {data.holdout_users:,} held-out users ({tables.timing(data.seconds)}) in {data.where}"
         )
         return 0
     if args.step == "train":
@@ -497,35 +443,25 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         console.print(f"run {args.run_id}: training", highlight=False)
         trained = train_step(settings, args.run_id, progress=progress)
         candidate = trained.candidate
-        metrics_table(f"{settings.model_name} run {trained.run_id}: candidate", candidate.metrics)
+        Console().print(
+            tables.metrics_table(f"{settings.model_name} run {trained.run_id}: candidate", candidate.metrics)
+        )
         print(
-            f"trained run {trained.run_id} ({timing(candidate.seconds)}): candidate in {trained.where}, "
+            f"trained run {trained.run_id} ({tables.timing(candidate.seconds)}): "
+            f"candidate in {trained.where}, "
             f"stamped version {trained.provisional_version} (publish re-exports it if that number is taken)"
         )
         return 0
     if args.rebuild is not None:
-        from retrain.lineage import REBUILD_OF, rebuild
+        from retrain.rebuild import REBUILD_OF, rebuild
 
         rebuilt = rebuild(settings, args.rebuild, progress=progress)
         outcome, old, new = rebuilt.outcome, rebuilt.original, rebuilt.outcome.version
-        table = Table(title=f"{settings.model_name}: version {old} and its rebuild, version {new}")
-        table.add_column("model")
-        for column in (f"v{old} HR@10", f"v{new} HR@10", f"v{old} NDCG@10", f"v{new} NDCG@10", "users"):
-            table.add_column(column, justify="right")
-        for name, values in outcome.metrics.items():
-            before = rebuilt.original_metrics.get(name) or {}
-            table.add_row(
-                name,
-                f"{before['hr']:.4f}" if "hr" in before else "-",
-                f"{values['hr']:.4f}",
-                f"{before['ndcg']:.4f}" if "ndcg" in before else "-",
-                f"{values['ndcg']:.4f}",
-                f"{values['users']:,}",
-            )
-        Console().print(table)
+        title = f"{settings.model_name}: version {old} and its rebuild, version {new}"
+        Console().print(tables.rebuild_table(title, old, new, rebuilt.original_metrics, outcome.metrics))
         kept = outcome.reason == f"{REBUILD_OF} {old}"  # passed the gate: uploaded, never served
         what = "uploaded for comparison, not served" if kept else f"{outcome.event}: {outcome.reason}"
-        print(f"version {new}, a rebuild of version {old}: {what} ({timing(outcome.seconds)})")
+        print(f"version {new}, a rebuild of version {old}: {what} ({tables.timing(outcome.seconds)})")
         return 0
     if args.step == "publish":
         from retrain.steps import publish_step
@@ -535,9 +471,13 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         from retrain.job import retrain_once
 
         outcome = retrain_once(settings, progress=progress, drift_from=args.drift_from)
-    metrics_table(f"{settings.model_name} version {outcome.version}: {outcome.event}", outcome.metrics)
+    Console().print(
+        tables.metrics_table(
+            f"{settings.model_name} version {outcome.version}: {outcome.event}", outcome.metrics
+        )
+    )
     print(
-        f"{outcome.event} version {outcome.version} ({timing(outcome.seconds)})"
+        f"{outcome.event} version {outcome.version} ({tables.timing(outcome.seconds)})"
         + (f": {outcome.reason}" if outcome.reason else "")
     )
     return 0
@@ -545,7 +485,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 def cmd_versions(args: argparse.Namespace) -> int:
     """The registry's versions (reads the object store only; no TensorFlow)."""
-    from retrain.registry import ModelRegistry, format_history, version_history
+    from deploy.console.tables import format_history
+    from stream.registry import ModelRegistry, version_history
     from stream.storage import make_client
 
     settings = _settings(args, "minio_endpoint")
@@ -607,8 +548,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_modelserver(args: argparse.Namespace) -> int:
     """Serve MODEL_BASE_PATH on the TF_SERVING_GRPC/REST ports (TF Serving's 8500/8501 by default)."""
+    from deploy.local.stack import EMPTY_MODEL_CONFIG, MODELSERVER_ARGS
     from deploy.modelserver.server import main as serve
-    from deploy.stack import EMPTY_MODEL_CONFIG, MODELSERVER_ARGS
 
     settings = load_settings(_overrides(args), use_stack_env=False)
     config = settings.model_config_file

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from deploy.processes import StackError
+from deploy.local.processes import StackError
 from stream.settings import Settings
 
 CLUSTER_ID = "recstream"

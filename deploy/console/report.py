@@ -1,4 +1,4 @@
-"""`recstream report`: the timeline of a run (deploy/timeline.py) as one self-contained HTML page.
+"""`recstream report`: the timeline of a run (deploy/console/timeline.py) as one self-contained HTML page.
 
 The page: the run's summary; aligned time series on one shared time axis (events/s, ingest
 lag, requests/s, latency, online hit rate per version against the active version's offline
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deploy.timeline import Run, load_run, timeline_path
+from deploy.console.timeline import Run, load_run, timeline_path
 from stream.errors import RecstreamError
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,8 @@ def write_report(home: Path, out: Path | None = None) -> Path:
 # -- what the page shows (pure: tested without a browser) ------------------------------------------
 def versions(run: Run) -> list[dict[str, Any]]:
     """One row per version: its events' times, final status, offline metrics, online hit rate."""
-    from retrain.registry import RegistryState
-    from stream.model_events import ModelEvent
+    from stream.contracts.model_events import ModelEvent
+    from stream.registry import RegistryState
 
     state = RegistryState(run.header.get("model", ""))
     rows: dict[int, dict[str, Any]] = {}

@@ -15,12 +15,13 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy import broker, modelserver, objectstore
-from deploy.processes import (
+from deploy import modelserver
+from deploy.local import broker, objectstore
+from deploy.local.processes import (
     StackError,
     free_port,
     pid_alive,
@@ -162,7 +163,7 @@ class Stack:
             "TF_SERVING_REST": settings.tf_serving_rest or "",
             "MODEL_BASE_PATH": str(settings.model_base_path),
         }
-        from deploy.supervisor import recorded_ports  # services `up` runs now keep their ports listed
+        from deploy.local.supervisor import recorded_ports  # services `up` runs now keep their ports listed
 
         values |= {setting: str(port) for setting, port in recorded_ports(self.home).items()}
         return {k: v for k, v in values.items() if v}
@@ -376,7 +377,7 @@ class Stack:
         """Stop the process of a managed entry if it still runs; True if one was stopped."""
         pid = entry.get("pid")
         entry["pid"] = None
-        if entry.get("managed") and self._runs(part, pid, self._executable(part)):
+        if entry.get("managed") and pid is not None and self._runs(part, pid, self._executable(part)):
             stop_pid(pid)
             log.info("%s: stopped pid %d", part, pid)
             return True
@@ -420,8 +421,8 @@ class Stack:
                 if managed and self._runs(part, entry.get("pid"), self._executable(part))
                 else None
             )
-            healthy = (
-                bool(endpoint)
+            healthy = bool(
+                endpoint
                 and (pid is not None or not managed)
                 and self._healthy(part, endpoint, entry.get("rest"))
             )
@@ -429,7 +430,7 @@ class Stack:
         return result
 
 
-def _port(name: str, pinned: int, previous: int | None, taken: set[int] = frozenset()) -> int:
+def _port(name: str, pinned: int, previous: int | None, taken: Set[int] = frozenset()) -> int:
     """The pinned port, else the previous one while free (stable endpoints), else a free one."""
     if pinned:
         if not port_is_free(pinned):

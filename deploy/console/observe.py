@@ -18,6 +18,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from stream.contracts import metrics as metric_names
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,9 @@ def merge(pages: list[Samples]) -> Samples:
 
 
 LARGEST_OF_WORKERS = {
-    "recstream_drift_statistic",
-    "recstream_drift_online_hit_rate",
-    "recstream_scorer_model_version",
+    metric_names.DRIFT_STATISTIC,
+    metric_names.DRIFT_HIT_RATE,
+    metric_names.SCORER_MODEL_VERSION,
 }
 
 
@@ -127,13 +128,13 @@ def partitions(samples: Samples) -> dict[int, float | None]:
     """A worker's owned partitions of `transactions` -> its lag there (None: not known yet)."""
     return {
         int(lbl["partition"]): None if math.isnan(v) else v
-        for lbl, v in samples.get("recstream_worker_partition_lag", [])
+        for lbl, v in samples.get(metric_names.WORKER_PARTITION_LAG, [])
         if "partition" in lbl
     }
 
 
 def snapshot(settings: Settings, *, registry: Any = None) -> Snapshot:
-    from deploy.supervisor import SERVICES, services_status
+    from deploy.local.supervisor import SERVICES, services_status
 
     services = services_status(settings.home, SERVICES)
     workers = services_status(settings.home)  # every worker the supervisor recorded
@@ -162,26 +163,26 @@ def snapshot(settings: Settings, *, registry: Any = None) -> Snapshot:
             "partitions": owned,
         }
     ingest, scorer = scraped["ingest"], scraped["scorer"]
-    snap.events_in = total(ingest, "recstream_ingest_events_total")
-    snap.events_ingested = total(ingest, "recstream_ingest_rows_written_total")
-    snap.dead_letters = total(ingest, "recstream_ingest_dlq_total")
-    if ingest.get("recstream_ingest_consumer_lag"):
-        snap.lag = total(ingest, "recstream_ingest_consumer_lag")
-    snap.requests = total(scorer, "recstream_scorer_requests_total")
+    snap.events_in = total(ingest, metric_names.INGEST_EVENTS)
+    snap.events_ingested = total(ingest, metric_names.INGEST_ROWS_WRITTEN)
+    snap.dead_letters = total(ingest, metric_names.INGEST_DLQ)
+    if ingest.get(metric_names.INGEST_CONSUMER_LAG):
+        snap.lag = total(ingest, metric_names.INGEST_CONSUMER_LAG)
+    snap.requests = total(scorer, metric_names.SCORER_REQUESTS)
     snap.request_errors = sum(
-        total(scorer, "recstream_scorer_requests_total", result=r) for r in ("invalid", "expired", "error")
+        total(scorer, metric_names.SCORER_REQUESTS, result=r) for r in ("invalid", "expired", "error")
     )
-    snap.latency_p99_s = histogram_quantile(scorer, "recstream_scorer_latency_seconds", 0.99)
-    snap.hit_rate = {lbl["version"]: v for lbl, v in scorer.get("recstream_drift_online_hit_rate", [])}
-    snap.drift_alerts = total(scorer, "recstream_drift_alerts_total")
-    # For the timeline (deploy/timeline.py): the median, each statistic, which one alerted.
-    snap.latency_p50_s = histogram_quantile(scorer, "recstream_scorer_latency_seconds", 0.5)
-    snap.drift = {lbl.get("statistic", "?"): v for lbl, v in scorer.get("recstream_drift_statistic", [])}
-    for lbl, v in scorer.get("recstream_drift_alerts_total", []):
+    snap.latency_p99_s = histogram_quantile(scorer, metric_names.SCORER_LATENCY, 0.99)
+    snap.hit_rate = {lbl["version"]: v for lbl, v in scorer.get(metric_names.DRIFT_HIT_RATE, [])}
+    snap.drift_alerts = total(scorer, metric_names.DRIFT_ALERTS)
+    # For the timeline (deploy/console/timeline.py): the median, each statistic, which one alerted.
+    snap.latency_p50_s = histogram_quantile(scorer, metric_names.SCORER_LATENCY, 0.5)
+    snap.drift = {lbl.get("statistic", "?"): v for lbl, v in scorer.get(metric_names.DRIFT_STATISTIC, [])}
+    for lbl, v in scorer.get(metric_names.DRIFT_ALERTS, []):
         statistic = lbl.get("statistic", "?")
         snap.drift_alerts_by[statistic] = snap.drift_alerts_by.get(statistic, 0.0) + v
-    snap.retrain_runs = total(scraped["scheduler"], "recstream_scheduler_runs_total")
-    if stale := scraped["updater"].get("recstream_updater_served_staleness_seconds"):
+    snap.retrain_runs = total(scraped["scheduler"], metric_names.SCHEDULER_RUNS)
+    if stale := scraped["updater"].get(metric_names.UPDATER_SERVED_STALENESS):
         snap.staleness_s = max(v for _, v in stale)
     _registry(settings, snap, registry)
     return snap
@@ -189,7 +190,7 @@ def snapshot(settings: Settings, *, registry: Any = None) -> Snapshot:
 
 def registry_of(settings: Settings) -> Any:
     """A registry reader that fails fast: a snapshot must not hang on a store that is down."""
-    from retrain.registry import ModelRegistry
+    from stream.registry import ModelRegistry
     from stream.storage import make_client
 
     return ModelRegistry(
@@ -312,7 +313,7 @@ def median_purchase_to_served(activations: list[list[float]], purchases: list[fl
 
 def purchase_times(settings: Settings) -> list[float]:
     """Event times of every landed purchase (for `median_purchase_to_served`; [] when unreadable)."""
-    from ingest.reader import read_transactions
+    from stream.lake import read_transactions
     from stream.storage import make_client
 
     try:

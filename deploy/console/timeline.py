@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stream.contracts.model_events import EVENTS
 from stream.errors import RecstreamError
-from stream.model_events import EVENTS
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class Recorder:
 
     def sample(self) -> None:
         """One snapshot of the running system into the timeline."""
-        from deploy import observe
+        from deploy.console import observe
 
         if self.registry is None:
             try:

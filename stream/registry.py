@@ -15,7 +15,6 @@ Layout under the models bucket (DESIGN: `models/<model>/<version>/`):
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -28,8 +27,9 @@ from minio import Minio
 from minio.commonconfig import CopySource
 from prometheus_client import Counter
 
-from stream.errors import RecstreamError
-from stream.model_events import (
+from stream import storage
+from stream.contracts.metadata import METADATA, newest_event_ts
+from stream.contracts.model_events import (
     ACTIVATED,
     MAX_EVENT_BYTES,
     PUBLISHED,
@@ -38,45 +38,18 @@ from stream.model_events import (
     ModelEvent,
     parse_model_event,
 )
-from stream.schemas import InvalidMessage
+from stream.contracts.records import InvalidMessage
 
 if TYPE_CHECKING:
     from stream.producer import EventProducer
 
 log = logging.getLogger(__name__)
 
-METADATA = "metadata.json"
 INVALID_EVENTS = Counter(
     "recstream_registry_invalid_events_total",
     "Objects under <model>/_events/ skipped because they are not a valid event",
     ["model"],
 )
-
-
-class UnsafeObjectKey(RecstreamError, ValueError):
-    """An object key that would write outside the download's destination; nothing was written."""
-
-
-def contained_path(dest: Path, relative_key: str) -> Path:
-    """Where the object named `relative_key` (its key below the downloaded prefix) goes in `dest`.
-
-    Refused before any byte is written: an empty key, an absolute one, empty / `.` / `..` parts,
-    NUL or backslashes, and anything that resolves (symlinks included) outside `dest`.
-    """
-    parts = relative_key.split("/")
-    if (
-        not relative_key
-        or relative_key.startswith("/")
-        or "\\" in relative_key
-        or "\x00" in relative_key
-        or any(part in {"", ".", ".."} for part in parts)
-    ):
-        raise UnsafeObjectKey(f"object key {relative_key!r} is not a plain relative path")
-    root = dest.resolve()
-    target = (root / relative_key).resolve()
-    if not target.is_relative_to(root) or target == root:
-        raise UnsafeObjectKey(f"object key {relative_key!r} resolves outside {dest}")
-    return target
 
 
 @dataclass
@@ -236,22 +209,17 @@ class ModelRegistry:
 
     def upload_version(self, local_dir: Path, version: int) -> None:
         """Upload a version directory so it appears complete or not at all (metadata.json last)."""
-        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
-        if not any(p.relative_to(local_dir).as_posix() == METADATA for p in files):
+        if not (local_dir / METADATA).is_file():
             raise ValueError(f"{local_dir} has no {METADATA}")
         incoming = f"{self.model}/_incoming/{version}-{uuid.uuid4().hex[:12]}/"
-        for path in files:
-            self.client.fput_object(self.bucket, incoming + path.relative_to(local_dir).as_posix(), str(path))
-        relative = sorted(
-            (p.relative_to(local_dir).as_posix() for p in files), key=lambda rel: rel == METADATA
-        )
+        relative = storage.upload_dir(self.client, self.bucket, local_dir, incoming, last=METADATA)
         for rel in relative:
             self.client.copy_object(
                 self.bucket, self.prefix(version) + rel, CopySource(self.bucket, incoming + rel)
             )
         for rel in relative:
             self.client.remove_object(self.bucket, incoming + rel)
-        log.info("uploaded version %d (%d files)", version, len(files))
+        log.info("uploaded version %d (%d files)", version, len(relative))
 
     def download_version(self, version: int, dest: Path) -> Path:
         """Download a complete version directory into `dest` (which must not exist yet)."""
@@ -260,43 +228,23 @@ class ModelRegistry:
         names = [o.object_name for o in objects]
         if prefix + METADATA not in names:
             raise FileNotFoundError(f"version {version} of {self.model} is not in the registry's bucket")
-        targets = [(name, contained_path(dest, name.removeprefix(prefix))) for name in names]
+        for name in names:  # every key checked before the destination is made
+            storage.contained_path(dest, name.removeprefix(prefix))
         dest.mkdir(parents=True)
-        for name, target in targets:
-            self.client.fget_object(self.bucket, name, str(target))
-        return dest
+        return storage.download_dir(self.client, self.bucket, names, prefix, dest)
 
     def metadata(self, version: int) -> dict[str, Any]:
         return json.loads(self._get(self.prefix(version) + METADATA))
 
     # -- plumbing ----------------------------------------------------------------------------
     def _put(self, name: str, data: bytes, content_type: str) -> None:
-        self.client.put_object(self.bucket, name, io.BytesIO(data), len(data), content_type=content_type)
+        storage.put_object(self.client, self.bucket, name, data, content_type)
 
     def _get(self, name: str, limit: int | None = None) -> bytes:
-        """The object's bytes; with `limit`, more than `limit` bytes is InvalidMessage (read no further)."""
-        response = self.client.get_object(self.bucket, name)
-        try:
-            if limit is None:
-                return response.read()
-            data = response.read(limit + 1)
-            if len(data) > limit:
-                raise InvalidMessage(f"value: larger than {limit} bytes")
-            return data
-        finally:
-            response.close()
-            response.release_conn()
+        return storage.read_object(self.client, self.bucket, name, limit)
 
 
 # -- history (`recstream versions`) ----------------------------------------------------------------
-def newest_event_ts(meta: dict[str, Any]) -> float | None:
-    """The event time of the newest record a version learnt from (its data's freshness)."""
-    lineage = meta.get("lineage") if isinstance(meta.get("lineage"), dict) else {}
-    window = meta.get("window") if isinstance(meta.get("window"), dict) else {}
-    value = lineage.get("newest_event_ts", window.get("last_ts"))
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def _figures(meta: dict[str, Any] | None, flat: dict[str, Any]) -> dict[str, Any]:
     """HR@10 of the version, popularity and its parent on the same (the gate's) holdout."""
     metrics = (meta or {}).get("metrics") or {}
@@ -366,42 +314,3 @@ def version_history(registry: ModelRegistry) -> list[dict[str, Any]]:
             }
         )
     return history
-
-
-def format_history(history: list[dict[str, Any]]) -> list[str]:
-    """`recstream versions` as text: one line per version, a second for its offsets and code."""
-
-    def when(ts: float | None) -> str:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) if ts else "-"
-
-    def hr(value: Any) -> str:
-        return f"{value:.4f}" if isinstance(value, int | float) else "-"
-
-    lines = []
-    for row in history:
-        figures, window = row["hr@10"], row["window"] or {}
-        status = row["status"] + (f" ({row['reason']})" if row["reason"] else "")
-        span = f"{when(window.get('first_ts'))}..{when(window.get('last_ts'))}"
-        events = f"{window.get('events') or 0:,} events {span}"
-        lines.append(
-            f"v{row['version']:<4} {when(row['created'])}  {status}  "
-            f"HR@10 {hr(figures.get('hr@10'))} vs popularity {hr(figures.get('popularity_hr@10'))}, "
-            f"parent v{row['parent_version'] if row['parent_version'] is not None else '-'} "
-            f"{hr(figures.get('parent_hr@10'))}" + (f"; {events}" if window.get("events") is not None else "")
-        )
-        lineage = row["lineage"] or {}
-        if row["offsets"]:
-            ranges = "; ".join(
-                f"p{p} " + ",".join(f"{a}-{b}" for a, b in runs[:3]) + (" ..." if len(runs) > 3 else "")
-                for p, runs in sorted(row["offsets"].items(), key=lambda item: int(item[0]))
-            )
-            code = lineage.get("code") or {}
-            commit = (code.get("commit") or "no commit")[:12] + ("+dirty" if code.get("dirty") else "")
-            objects = lineage.get("objects") or {}
-            lines.append(
-                f"      {lineage.get('topic')} {ranges}  ({objects.get('count')} objects "
-                f"{str(objects.get('sha256', ''))[:19]}, recstream {code.get('recstream')} {commit}"
-                + (f", rebuild of v{lineage['rebuild_of']}" if lineage.get("rebuild_of") else "")
-                + ")"
-            )
-    return lines

@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.model_events import MAX_EVENT_DEPTH, MAX_NAME_LENGTH, MAX_VERSION
-from stream.schemas import InvalidMessage, finite_number, load_json
+from stream.contracts.model_events import MAX_EVENT_DEPTH, MAX_NAME_LENGTH, MAX_VERSION
+from stream.contracts.records import InvalidMessage, finite_number, load_json
 
 KINDS = ("concept", "data")
 

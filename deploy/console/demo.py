@@ -16,6 +16,7 @@ shows what `recstream status` shows, refreshed; `--for` ends the demo and writes
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import json
 import logging
@@ -24,12 +25,15 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from deploy import observe
-from stream.schemas import Transaction
+from deploy.console import observe
+from stream.contracts.records import Transaction
 from stream.settings import Settings
 from stream.sources import Rejected, read_events
+
+if TYPE_CHECKING:
+    from deploy.local.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +189,7 @@ def write_summary(settings: Settings, body: dict[str, Any]) -> Path:
 
 def write_report(settings: Settings, body: dict[str, Any]) -> Path:
     """The run's HTML report (deploy/report.py) beside demo-summary.json, the summary in it."""
-    from deploy import report, timeline
+    from deploy.console import report, timeline
 
     timeline.append_summary(settings.home, body)
     return report.write_report(settings.home, settings.home / report.REPORT)
@@ -209,3 +213,42 @@ def render(snap: observe.Snapshot, rates: dict[str, float], demo: Demo | None, e
             + (f"  FAILED: {demo.failure}" if demo.failure else ""),
         )
     return table
+
+
+def watch(
+    settings: Settings,
+    supervisor: Supervisor,
+    demo: Demo | None,
+    stop: threading.Event,
+    started: float,
+    for_s: float | None,
+) -> None:
+    """Supervise and show the figures: a live table on a terminal, a line every 10 s otherwise."""
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    registry = observe.registry_of(settings)  # one reader: it caches the event objects it read
+    before = observe.snapshot(settings, registry=registry)
+    live = Live(console=console, refresh_per_second=1) if console.is_terminal else None
+    last_line = 0.0
+    with live or contextlib.nullcontext():
+        while not stop.wait(2.0):
+            for event in supervisor.poll():
+                console.print(event)
+            now = time.monotonic()
+            if for_s and now - started >= for_s:
+                break
+            after = observe.snapshot(settings, registry=registry)
+            rates = observe.rates(before, after)
+            before = after
+            if demo is not None and after.active_version is not None:
+                demo.asking.set()
+            if live is not None:
+                live.update(render(after, rates, demo, now - started))
+            elif now - last_line >= 10:
+                figures = observe.figures(after, rates)
+                console.print(
+                    f"[{now - started:,.0f}s] " + " | ".join(f"{k}: {v}" for k, v in figures.items())
+                )
+                last_line = now

@@ -1,0 +1,1 @@
+"""The embedded stack on one machine: broker, object store, model server, supervised services."""
