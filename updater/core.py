@@ -226,11 +226,13 @@ class Updater:
         seconds = round(time.monotonic() - started, 3)
         found = metadata.get("metrics")
         newest = self._newest[version] = newest_event_ts(metadata)
-        freshness = metrics.activated(self.model, newest, time.time())
+        now = time.time()  # one clock reading: the event's ts and its freshness agree exactly
+        freshness = metrics.activated(self.model, newest, now)
         event = ModelEvent(
             ACTIVATED,
             self.model,
             version,
+            ts=now,
             metrics={
                 **(found if isinstance(found, dict) else {}),
                 **state.metrics.get(version, {}),  # the flat figures of the `published` event
