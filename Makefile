@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SEED := ../shared/data/transactions.csv
+# The folders installed as recstream.<folder> (pyproject.toml's package-dir).
+PACKAGES := stream ingest retrain updater recommender deploy
 
 .PHONY: bootstrap browser run test lint bench down clean
 
@@ -33,6 +35,8 @@ test: bootstrap browser
 lint: bootstrap
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@mkdir -p build/typecheck/recstream
+	@for p in $(PACKAGES); do ln -sfn $(CURDIR)/$$p build/typecheck/recstream/$$p; done
 	$(BIN)/mypy
 
 bench: bootstrap

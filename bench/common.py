@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from deploy.local.stack import Stack
-from stream.settings import Settings, load_settings
+from recstream.deploy.local.stack import Stack
+from recstream.stream.settings import Settings, load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEED = Path(__file__).resolve().parents[2] / "shared" / "data" / "transactions.csv"
@@ -43,7 +43,7 @@ def recstream_child(command: str, env: Mapping[str, str], out: IO[bytes]) -> sub
     """`recstream <command>` as a child in its own session, output to `out`: stop it (and anything
     it started) with deploy.local.processes.stop_child."""
     return subprocess.Popen(
-        [sys.executable, "-m", "deploy.cli", command],
+        [sys.executable, "-m", "recstream.deploy.cli", command],
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT,

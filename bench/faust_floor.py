@@ -12,8 +12,8 @@ import time
 
 import faust
 
-from stream.faust_app import create_app
-from stream.settings import load_settings
+from recstream.stream.faust_app import create_app
+from recstream.stream.settings import load_settings
 
 settings = load_settings()
 app = create_app("bench-faust-floor", settings, stream_wait_empty=False)

@@ -21,12 +21,12 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import SEED, recstream_child, setup_logging, temporary_stack, write_result
-from deploy.local.processes import stop_child
-from stream.contracts.lake import date_prefix, parse_object_name
-from stream.produce import produce_file
-from stream.producer import EventProducer
-from stream.settings import Settings
-from stream.storage import make_client
+from recstream.deploy.local.processes import stop_child
+from recstream.stream.contracts.lake import date_prefix, parse_object_name
+from recstream.stream.produce import produce_file
+from recstream.stream.producer import EventProducer
+from recstream.stream.settings import Settings
+from recstream.stream.storage import make_client
 
 log = logging.getLogger("bench.ingest")
 EVENTS = 100_000

@@ -15,10 +15,10 @@ import time
 from kafka import KafkaProducer
 
 from bench.common import SEED, setup_logging, temporary_stack, write_result
-from stream.contracts.records import Transaction
-from stream.produce import produce_file
-from stream.producer import EventProducer
-from stream.sources import read_events
+from recstream.stream.contracts.records import Transaction
+from recstream.stream.produce import produce_file
+from recstream.stream.producer import EventProducer
+from recstream.stream.sources import read_events
 
 log = logging.getLogger("bench.produce")
 

@@ -30,9 +30,9 @@ import pandas as pd
 
 from bench.common import SEED, setup_logging, write_result
 from bench.ordered_log import ordered_log
-from retrain import cf_model
-from retrain.baselines import Popularity, default_baselines, evaluate_baselines, sequence_baselines
-from retrain.dataset import (
+from recstream.retrain import cf_model
+from recstream.retrain.baselines import Popularity, default_baselines, evaluate_baselines, sequence_baselines
+from recstream.retrain.dataset import (
     Interactions,
     Recency,
     build_interactions,
@@ -40,7 +40,7 @@ from retrain.dataset import (
     recent_test,
     temporal_holdout,
 )
-from retrain.evaluate import Metrics, evaluate_scores, evaluation_set
+from recstream.retrain.evaluate import Metrics, evaluate_scores, evaluation_set
 
 log = logging.getLogger("bench.retrain")
 

@@ -70,16 +70,16 @@ import numpy as np
 
 from bench.common import SEED, recstream_child, setup_logging, temporary_stack, write_result
 from bench.serving import percentile
-from deploy.console import observe
-from deploy.local.processes import stop_child
-from stream.contracts import metrics as metric_names
-from stream.contracts.signatures import RECOMMEND_HISTORY
-from stream.settings import FIELDS, Settings
+from recstream.deploy.console import observe
+from recstream.deploy.local.processes import stop_child
+from recstream.stream.contracts import metrics as metric_names
+from recstream.stream.contracts.signatures import RECOMMEND_HISTORY
+from recstream.stream.settings import FIELDS, Settings
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from stream.producer import EventProducer
+    from recstream.stream.producer import EventProducer
 
 log = logging.getLogger("bench.scorer")
 
@@ -139,9 +139,9 @@ class Model:
 
 
 def train_and_export(workdir: Path, model_name: str) -> Model:
-    from retrain import cf_model, savedmodel
-    from retrain.dataset import build_interactions, read_seed
-    from retrain.job import reference_distributions
+    from recstream.retrain import cf_model, savedmodel
+    from recstream.retrain.dataset import build_interactions, read_seed
+    from recstream.retrain.job import reference_distributions
 
     frame = read_seed(SEED)
     train = build_interactions(frame.iloc[:SEED_ROWS])
@@ -390,7 +390,7 @@ class Users:
 def send_step(producer: EventProducer, topic: str, ledger: Ledger, users: Users, step: int, rate: float,
               seconds: float, start: float) -> list[str]:  # fmt: skip
     """Open loop: request i is due at start + i/rate and sent then (or at once when behind)."""
-    from stream.contracts.records import RecommendationRequest
+    from recstream.stream.contracts.records import RecommendationRequest
 
     ids = []
     n = round(rate * seconds)
@@ -425,7 +425,7 @@ def wait_answers(ledger: Ledger, ids: Sequence[str], seconds: float) -> int:
 def warm_up(producer: EventProducer, settings: Settings, ledger: Ledger, users: Users,
             scorer: subprocess.Popen[bytes], log_path: Path) -> float:  # fmt: skip
     """One request until it is answered (group join, first Predict), then a burst; seconds taken."""
-    from stream.contracts.records import RecommendationRequest
+    from recstream.stream.contracts.records import RecommendationRequest
 
     started = time.perf_counter()
     deadline = started + SCORER_START_TIMEOUT_S
@@ -461,8 +461,8 @@ def warm_up(producer: EventProducer, settings: Settings, ledger: Ledger, users: 
 
 def bulk_load(settings: Settings, model: Model) -> dict[str, Any]:
     """BULK_EVENTS purchases sent as fast as the producer goes (a backlog for the scorer's table)."""
-    from stream.contracts.records import Transaction
-    from stream.producer import EventProducer
+    from recstream.stream.contracts.records import Transaction
+    from recstream.stream.producer import EventProducer
 
     started = time.perf_counter()
     now = time.time()
@@ -626,7 +626,7 @@ def run_steps(settings: Settings, model: Model, scorer: subprocess.Popen[bytes],
               http_port: int, log_path: Path, function: Any, deadline: float) -> dict[str, Any]:  # fmt: skip
     """Warm the scorer up, measure the limit while it idles, run the steps, a step right after a bulk
     load of purchases, the HTTP steps, and measure the limit again."""
-    from stream.producer import EventProducer
+    from recstream.stream.producer import EventProducer
 
     ledger = Ledger()
     users = Users(model)
@@ -754,7 +754,7 @@ def main() -> None:
         ):
             work = Path(tmp)
             model = train_and_export(work, settings.model_name)
-            from updater.activate import publish_and_activate
+            from recstream.updater.activate import publish_and_activate
 
             activating = time.monotonic()
             publish_and_activate(settings, model.export, 1)
@@ -800,7 +800,7 @@ def main() -> None:
 
 
 def _free_port() -> int:
-    from deploy.local.processes import free_port
+    from recstream.deploy.local.processes import free_port
 
     return free_port()
 
@@ -877,7 +877,7 @@ def report(load: dict[str, Any], model: Model, batching: dict[str, Any], machine
             "k": K,
             "unknown_user_share": UNKNOWN_SHARE,
             "bulk_events": BULK_EVENTS,
-            "producer": "stream.producer.EventProducer (kafka-python, linger 0), key = user_id",
+            "producer": "recstream.stream.producer.EventProducer (kafka-python, linger 0), key = user_id",
             "consumer": "kafka-python, no group, every partition of recommendations",
             "http": f"GET /recommendations/<user>?k={K}, {HTTP_THREADS} threads with keep-alive, open loop",
         },

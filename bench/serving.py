@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bench.common import SEED, setup_logging, write_result
-from stream.contracts.signatures import RECOMMEND, STABLE_LABEL
+from recstream.stream.contracts.signatures import RECOMMEND, STABLE_LABEL
 
 if TYPE_CHECKING:
     import grpc
@@ -171,8 +171,8 @@ def window_figures(samples: Sequence[Sample], seconds: float) -> dict[str, Any]:
 # -- the model ----------------------------------------------------------------------------------
 def export_versions(base: Path, workdir: Path) -> list[str]:
     """Train on a seed slice, export versions 1 and 2 under base/<MODEL>/; returns the known users."""
-    from retrain import cf_model, savedmodel
-    from retrain.dataset import build_interactions, read_seed
+    from recstream.retrain import cf_model, savedmodel
+    from recstream.retrain.dataset import build_interactions, read_seed
 
     lines = SEED.read_text().splitlines()
     seed_slice = workdir / "seed-slice.csv"
@@ -213,9 +213,9 @@ def user_batches(users: Sequence[str], batch: int) -> list[np.ndarray]:
 @contextlib.contextmanager
 def model_server(home: Path, base: Path, config_file: Path) -> Iterator[str]:
     """The project's model server as the embedded stack starts it; yields its gRPC endpoint."""
-    from deploy import modelserver
-    from deploy.local.processes import free_port, start_daemon, stop_pid, wait_healthy
-    from deploy.local.stack import MODELSERVER_ARGS
+    from recstream.deploy import modelserver
+    from recstream.deploy.local.processes import free_port, start_daemon, stop_pid, wait_healthy
+    from recstream.deploy.local.stack import MODELSERVER_ARGS
 
     grpc_port = free_port()
     while (rest_port := free_port()) == grpc_port:
@@ -426,8 +426,8 @@ class OpenLoop:
 def swap_under_load(
     endpoint: str, base: Path, config_file: Path, make: Callable[[], Call], rate: float
 ) -> dict[str, Any]:
-    from updater.serving import STABLE, ConfigFile, Entry, Target
-    from updater.swap import Fleet
+    from recstream.updater.serving import STABLE, ConfigFile, Entry, Target
+    from recstream.updater.swap import Fleet
 
     target = Target(endpoint)
     fleet = Fleet(MODEL, base / MODEL, ConfigFile(config_file), [target], load_timeout_s=SWAP_TIMEOUT_S)
@@ -498,7 +498,7 @@ def main() -> None:
 
         import tensorflow as tf
 
-        from updater.serving import STABLE, ConfigFile, Entry
+        from recstream.updater.serving import STABLE, ConfigFile, Entry
 
         ConfigFile(config_file).set_entry(MODEL, base / MODEL, Entry(frozenset({1}), {STABLE: 1}))
         limit_model = tf.saved_model.load(str(base / MODEL / "1"))

@@ -15,8 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
-from stream.errors import RecstreamError
-from stream.settings import load_settings, parse_log_level, positive_float, positive_int
+from recstream.stream.errors import RecstreamError
+from recstream.stream.settings import load_settings, parse_log_level, positive_float, positive_int
 
 T = TypeVar("T")
 # The seed beside a checkout (DESIGN: ../shared/data), relative to where `recstream up` runs.
@@ -45,7 +45,7 @@ def _arg(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 
 def _k(text: str) -> int:
-    from stream.contracts.records import MAX_K
+    from recstream.stream.contracts.records import MAX_K
 
     value = positive_int(text)
     if value > MAX_K:
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(func=cmd_ingest)
 
     def run_id(text: str) -> str:
-        from retrain.steps import check_run_id
+        from recstream.retrain.steps import check_run_id
 
         return check_run_id(text)
 
@@ -198,7 +198,7 @@ def _settings(args: argparse.Namespace, *required: str):
 
 
 def _stack(args: argparse.Namespace):
-    from deploy.local.stack import Stack
+    from recstream.deploy.local.stack import Stack
 
     return Stack.from_environment(_overrides(args))
 
@@ -215,11 +215,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     # configured endpoint, not our own part still running) and of the services are free and distinct.
     infra = stack.pinned_ports_to_start()
     if args.infra:
-        from deploy.local.processes import check_pinned_free
+        from recstream.deploy.local.processes import check_pinned_free
 
         check_pinned_free(infra)
     else:  # and no services of this home run
-        from deploy.local.supervisor import check_services
+        from recstream.deploy.local.supervisor import check_services
 
         check_services(stack.home, stack.configured.metrics_host, infra=infra)
     settings = stack.up()
@@ -246,10 +246,10 @@ def _supervise(args: argparse.Namespace, settings) -> int:
     import threading
     import time
 
-    from deploy.console import demo as demo_mode
-    from deploy.console import observe
-    from deploy.console.timeline import Recorder
-    from deploy.local.supervisor import Supervisor
+    from recstream.deploy.console import demo as demo_mode
+    from recstream.deploy.console import observe
+    from recstream.deploy.console.timeline import Recorder
+    from recstream.deploy.local.supervisor import Supervisor
 
     seed = args.seed or DEFAULT_SEED
     if args.demo and not seed.is_file():
@@ -293,7 +293,7 @@ def _supervise(args: argparse.Namespace, settings) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from deploy.local.supervisor import stop_running
+    from recstream.deploy.local.supervisor import stop_running
 
     stack = _stack(args)
     services = stop_running(stack.home)
@@ -305,8 +305,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import time
 
-    from deploy.console import observe
-    from deploy.local.supervisor import services_status
+    from recstream.deploy.console import observe
+    from recstream.deploy.local.supervisor import services_status
 
     stack = _stack(args)
     parts = stack.status()
@@ -345,7 +345,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Render the timeline `up` recorded (nothing needs to run)."""
-    from deploy.console.report import write_report
+    from recstream.deploy.console.report import write_report
 
     print(f"report written to {write_report(_settings(args).home, args.out)}")
     return 0
@@ -355,9 +355,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-    from stream.produce import produce_file
-    from stream.producer import EventProducer
-    from stream.sources import detect_format
+    from recstream.stream.produce import produce_file
+    from recstream.stream.producer import EventProducer
+    from recstream.stream.sources import detect_format
 
     path: Path = args.file
     fmt = detect_format(path)  # fails fast with a one-line error before touching the broker
@@ -398,7 +398,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from ingest.worker import run
+    from recstream.ingest.worker import run
 
     settings = _settings(args, "kafka_bootstrap", "minio_endpoint")
     run(settings)
@@ -409,7 +409,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     """One-shot retrain, or one step of it (`--step`) in the Kubeflow pipeline's run `--run-id`."""
     from rich.console import Console
 
-    from deploy.console import tables
+    from recstream.deploy.console import tables
 
     if args.step is not None and args.run_id is None:
         args.usage_error("--step needs --run-id (the pipeline run the steps share)")
@@ -428,7 +428,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     progress = tables.epoch_printer(console)
 
     if args.step == "data":
-        from retrain.steps import data_step
+        from recstream.retrain.steps import data_step
 
         console.print(f"run {args.run_id}: reading the landed transactions", highlight=False)
         data = data_step(settings, args.run_id, drift_from=args.drift_from)
@@ -438,7 +438,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         )
         return 0
     if args.step == "train":
-        from retrain.steps import train_step
+        from recstream.retrain.steps import train_step
 
         console.print(f"run {args.run_id}: training", highlight=False)
         trained = train_step(settings, args.run_id, progress=progress)
@@ -453,7 +453,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         )
         return 0
     if args.rebuild is not None:
-        from retrain.rebuild import REBUILD_OF, rebuild
+        from recstream.retrain.rebuild import REBUILD_OF, rebuild
 
         rebuilt = rebuild(settings, args.rebuild, progress=progress)
         outcome, old, new = rebuilt.outcome, rebuilt.original, rebuilt.outcome.version
@@ -464,11 +464,11 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         print(f"version {new}, a rebuild of version {old}: {what} ({tables.timing(outcome.seconds)})")
         return 0
     if args.step == "publish":
-        from retrain.steps import publish_step
+        from recstream.retrain.steps import publish_step
 
         outcome = publish_step(settings, args.run_id)
     else:
-        from retrain.job import retrain_once
+        from recstream.retrain.job import retrain_once
 
         outcome = retrain_once(settings, progress=progress, drift_from=args.drift_from)
     Console().print(
@@ -485,9 +485,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 def cmd_versions(args: argparse.Namespace) -> int:
     """The registry's versions (reads the object store only; no TensorFlow)."""
-    from deploy.console.tables import format_history
-    from stream.registry import ModelRegistry, version_history
-    from stream.storage import make_client
+    from recstream.deploy.console.tables import format_history
+    from recstream.stream.registry import ModelRegistry, version_history
+    from recstream.stream.storage import make_client
 
     settings = _settings(args, "minio_endpoint")
     registry = ModelRegistry(make_client(settings), settings.models_bucket, settings.model_name)
@@ -500,7 +500,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
-    from retrain.scheduler import run
+    from recstream.retrain.scheduler import run
 
     settings = _settings(args, "kafka_bootstrap", "minio_endpoint")
     logging.getLogger().setLevel(settings.log_level)
@@ -509,7 +509,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 
 def cmd_updater(args: argparse.Namespace) -> int:
-    from updater.service import run
+    from recstream.updater.service import run
 
     settings = _settings(args, "kafka_bootstrap", "minio_endpoint", "tf_serving_grpc")
     logging.getLogger().setLevel(settings.log_level)
@@ -518,7 +518,7 @@ def cmd_updater(args: argparse.Namespace) -> int:
 
 
 def cmd_scorer(args: argparse.Namespace) -> int:
-    from recommender.scorer import run
+    from recstream.recommender.scorer import run
 
     settings = _settings(args, "kafka_bootstrap", "minio_endpoint", "tf_serving_grpc")
     run(settings)
@@ -526,7 +526,7 @@ def cmd_scorer(args: argparse.Namespace) -> int:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    from recommender.client import RecommendationClient, recommend_http
+    from recstream.recommender.client import RecommendationClient, recommend_http
 
     if args.http:
         answer = recommend_http(_settings(args), args.user, args.k, timeout_s=args.timeout)
@@ -538,7 +538,7 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from updater.rollback import rollback
+    from recstream.updater.rollback import rollback
 
     settings = _settings(args, "kafka_bootstrap", "minio_endpoint", "tf_serving_grpc")
     event = rollback(settings, to=args.to)
@@ -548,8 +548,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_modelserver(args: argparse.Namespace) -> int:
     """Serve MODEL_BASE_PATH on the TF_SERVING_GRPC/REST ports (TF Serving's 8500/8501 by default)."""
-    from deploy.local.stack import EMPTY_MODEL_CONFIG, MODELSERVER_ARGS
-    from deploy.modelserver.server import main as serve
+    from recstream.deploy.local.stack import EMPTY_MODEL_CONFIG, MODELSERVER_ARGS
+    from recstream.deploy.modelserver.server import main as serve
 
     settings = load_settings(_overrides(args), use_stack_env=False)
     config = settings.model_config_file

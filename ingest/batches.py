@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from stream.contracts.lake import event_date, object_name
-from stream.contracts.records import Transaction
+from recstream.stream.contracts.lake import event_date, object_name
+from recstream.stream.contracts.records import Transaction
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,9 @@ from typing import TypeVar
 
 from minio import Minio
 
-from ingest.batches import Batch
-from stream import retry, storage
-from stream.contracts import lake
+from recstream.ingest.batches import Batch
+from recstream.stream import retry, storage
+from recstream.stream.contracts import lake
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -20,14 +20,19 @@ from typing import Any, cast
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from ingest.batches import Batch, DeadLetter
-from ingest.landing import Backoff, Lander, Marker
-from stream.contracts import dead_letters
-from stream.contracts import metrics as metric_names
-from stream.contracts.records import InvalidMessage, derive_event_id, future_limit, parse_transaction
-from stream.faust_app import create_app
-from stream.settings import Settings
-from stream.storage import make_client
+from recstream.ingest.batches import Batch, DeadLetter
+from recstream.ingest.landing import Backoff, Lander, Marker
+from recstream.stream.contracts import dead_letters
+from recstream.stream.contracts import metrics as metric_names
+from recstream.stream.contracts.records import (
+    InvalidMessage,
+    derive_event_id,
+    future_limit,
+    parse_transaction,
+)
+from recstream.stream.faust_app import create_app
+from recstream.stream.settings import Settings
+from recstream.stream.storage import make_client
 
 log = logging.getLogger(__name__)
 DLQ_SCAN_IDLE_POLLS = 60
@@ -223,7 +228,7 @@ class IngestWorker:
         """
         from aiokafka import TopicPartition
 
-        from stream.consumers import aio_consumer
+        from recstream.stream.consumers import aio_consumer
 
         topic = self.settings.transactions_topic
         wanted = {dead_letters.source(topic, batch.partition, d.offset) for d in batch.dead}
@@ -290,8 +295,8 @@ class IngestWorker:
 
 def run(settings: Settings) -> None:
     """Run the worker in the foreground until SIGINT/SIGTERM."""
-    from stream.faust_app import run_worker
-    from stream.metrics import serve_metrics
+    from recstream.stream.faust_app import run_worker
+    from recstream.stream.metrics import serve_metrics
 
     serve_metrics(settings.metrics_host, settings.ingest_metrics_port)
     run_worker(IngestWorker(settings).app, settings)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream.contracts import recommendations
-from stream.contracts.records import RecommendationRequest
+from recstream.stream.contracts import recommendations
+from recstream.stream.contracts.records import RecommendationRequest
 
 
 @dataclass(frozen=True, slots=True)

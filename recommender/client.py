@@ -18,11 +18,11 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from stream.consumers import kafka_consumer
-from stream.contracts.records import DEFAULT_K, RecommendationRequest
-from stream.errors import RecstreamError
-from stream.producer import EventProducer
-from stream.settings import Settings
+from recstream.stream.consumers import kafka_consumer
+from recstream.stream.contracts.records import DEFAULT_K, RecommendationRequest
+from recstream.stream.errors import RecstreamError
+from recstream.stream.producer import EventProducer
+from recstream.stream.settings import Settings
 
 
 class NoAnswer(RecstreamError):

@@ -31,10 +31,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from recommender.detectors import ADWIN, Detector, PageHinkley
-from stream.contracts.alerts import DriftAlert
-from stream.contracts.metadata import DriftReference
-from stream.settings import Settings
+from recstream.recommender.detectors import ADWIN, Detector, PageHinkley
+from recstream.stream.contracts.alerts import DriftAlert
+from recstream.stream.contracts.metadata import DriftReference
+from recstream.stream.settings import Settings
 
 PSI_BINS = 10
 PSI_EPSILON = 1e-4  # share given to an empty bin, so the logarithm stays finite

@@ -15,9 +15,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from recommender.answers import Ranked
-from stream.contracts.signatures import RECOMMEND, RECOMMEND_HISTORY
-from stream.contracts.signatures import STABLE_LABEL as STABLE
+from recstream.recommender.answers import Ranked
+from recstream.stream.contracts.signatures import RECOMMEND, RECOMMEND_HISTORY
+from recstream.stream.contracts.signatures import STABLE_LABEL as STABLE
 
 log = logging.getLogger(__name__)
 RETRYABLE = frozenset(

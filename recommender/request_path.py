@@ -31,9 +31,9 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from stream import retry
-from stream.consumers import aio_consumer
-from stream.settings import Settings
+from recstream.stream import retry
+from recstream.stream.consumers import aio_consumer
+from recstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class RequestPath:
         """Fetch, answer and hand over batches while a committer commits them in order."""
         from aiokafka import TopicPartition
 
-        from stream.contracts.recommendations import encode
+        from recstream.stream.contracts.recommendations import encode
 
         settings = self.settings
         delivered: asyncio.Queue[Batch] = asyncio.Queue(maxsize=IN_FLIGHT)

@@ -35,24 +35,24 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from recommender import answers as records
-from recommender.drift import DriftConfig, DriftMonitor, Reference
-from recommender.predict import PredictFailed, Predictor, Retryable
-from recommender.request_path import RequestPath
-from stream import retry
-from stream.consumers import aio_consumer
-from stream.contracts import metrics as metric_names
-from stream.contracts import recommendations
-from stream.contracts.model_events import parse_model_event
-from stream.contracts.records import (
+from recstream.recommender import answers as records
+from recstream.recommender.drift import DriftConfig, DriftMonitor, Reference
+from recstream.recommender.predict import PredictFailed, Predictor, Retryable
+from recstream.recommender.request_path import RequestPath
+from recstream.stream import retry
+from recstream.stream.consumers import aio_consumer
+from recstream.stream.contracts import metrics as metric_names
+from recstream.stream.contracts import recommendations
+from recstream.stream.contracts.model_events import parse_model_event
+from recstream.stream.contracts.records import (
     MAX_K,
     InvalidMessage,
     RecommendationRequest,
     parse_request,
     parse_transaction,
 )
-from stream.faust_app import create_app
-from stream.settings import Settings
+from recstream.stream.faust_app import create_app
+from recstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -342,8 +342,8 @@ class Scorer:
             self.fetching[version] = asyncio.ensure_future(self._fetch_reference(version))
 
     async def _fetch_reference(self, version: int) -> None:
-        from stream.registry import ModelRegistry
-        from stream.storage import make_client
+        from recstream.stream.registry import ModelRegistry
+        from recstream.stream.storage import make_client
 
         try:
             registry = ModelRegistry(
@@ -386,8 +386,8 @@ def run(settings: Settings) -> None:
     """Run the worker in the foreground until SIGINT/SIGTERM."""
     import tensorflow  # noqa: F401  (the Predict protos need it: load it before the event loop runs)
 
-    from stream.faust_app import run_worker
-    from stream.metrics import serve_metrics
+    from recstream.stream.faust_app import run_worker
+    from recstream.stream.metrics import serve_metrics
 
     serve_metrics(settings.metrics_host, settings.scorer_metrics_port)
     run_worker(Scorer(settings).app, settings)

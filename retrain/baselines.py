@@ -19,8 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
-from retrain.dataset import Interactions
-from retrain.evaluate import DEFAULT_K, EvalSet, Metrics, evaluate_scores
+from recstream.retrain.dataset import Interactions
+from recstream.retrain.evaluate import DEFAULT_K, EvalSet, Metrics, evaluate_scores
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ class GRUNext:
     def fit(self, train: Interactions) -> GRUNext:
         import keras
 
-        from retrain.cf_model import _histories
+        from recstream.retrain.cf_model import _histories
 
         self.train = train
         examples = _histories(train, self.history)

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from retrain.dataset import Interactions, Recency, Vocabulary
+from recstream.retrain.dataset import Interactions, Recency, Vocabulary
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from retrain.dataset import Interactions
+from recstream.retrain.dataset import Interactions
 
 DEFAULT_K = 10
 

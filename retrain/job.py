@@ -32,10 +32,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retrain.baselines import Popularity
-from retrain.dataset import Holdout, Interactions, Recency, build_interactions, recent_test, temporal_holdout
-from retrain.evaluate import EvalSet, Metrics, evaluate_scores, evaluation_set
-from retrain.lineage import (
+from recstream.retrain.baselines import Popularity
+from recstream.retrain.dataset import (
+    Holdout,
+    Interactions,
+    Recency,
+    build_interactions,
+    recent_test,
+    temporal_holdout,
+)
+from recstream.retrain.evaluate import EvalSet, Metrics, evaluate_scores, evaluation_set
+from recstream.retrain.lineage import (
     attach,
     data_lineage,
     deterministic_training,
@@ -43,11 +50,11 @@ from retrain.lineage import (
     of_candidate,
     training_lineage,
 )
-from stream.contracts.metadata import METADATA, DriftReference
-from stream.contracts.model_events import PUBLISHED, REJECTED, ModelEvent
-from stream.errors import RecstreamError
-from stream.registry import ModelRegistry
-from stream.settings import Settings
+from recstream.stream.contracts.metadata import METADATA, DriftReference
+from recstream.stream.contracts.model_events import PUBLISHED, REJECTED, ModelEvent
+from recstream.stream.errors import RecstreamError
+from recstream.stream.registry import ModelRegistry
+from recstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +115,8 @@ class Exported:
 
 
 def read_window(settings: Settings, now: float | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
-    from stream.lake import read_transactions
-    from stream.storage import make_client
+    from recstream.stream.lake import read_transactions
+    from recstream.stream.storage import make_client
 
     end = now if now is not None else time.time()
     start = end - settings.retrain_window_s if settings.retrain_window_s else None
@@ -187,7 +194,7 @@ def train_candidate(
     The gate's figures (`metrics`) are on the recent holdout; `summary["holdouts"]` has both
     holdouts' figures ("recent", "whole"), with the serving fallback's.
     """
-    from retrain import cf_model as model
+    from recstream.retrain import cf_model as model
 
     started = time.monotonic()
     holdout = prepared.holdout
@@ -325,7 +332,7 @@ def metadata(settings: Settings, candidate: Candidate, version: int) -> dict[str
 
 def load_active(registry: ModelRegistry, workdir: Path) -> tuple[int, Any] | None:
     """The active version's model for warm start and comparison (None before the first activation)."""
-    from retrain import cf_model as model
+    from recstream.retrain import cf_model as model
 
     active = registry.state().active
     if active is None:
@@ -342,8 +349,8 @@ def export_candidate(
     An export stamped with another number (taken meanwhile by another run) is exported again from
     the model state saved beside it.
     """
-    from retrain import cf_model as model
-    from retrain import savedmodel as export
+    from recstream.retrain import cf_model as model
+    from recstream.retrain import savedmodel as export
 
     meta = metadata(settings, candidate, version)
     if exported is not None and exported.version == version:
@@ -375,7 +382,7 @@ def publish(
     `rejected` with the reason. `announcing` gets the outcome just before it is announced.
     `not_served`: a version for the record only (a rebuild), uploaded when it passes the gate
     but announced `rejected` with this reason, so that no updater serves it."""
-    from stream.producer import EventProducer
+    from recstream.stream.producer import EventProducer
 
     reason = gate(candidate.metrics, settings.gate_tolerance)
     version = registry.next_version()
@@ -411,7 +418,7 @@ def retrain_once(
 
     Raises NotEnoughData when the window is too small to train and judge a model.
     """
-    from stream.storage import make_client
+    from recstream.stream.storage import make_client
 
     registry = ModelRegistry(make_client(settings), settings.models_bucket, settings.model_name)
     with tempfile.TemporaryDirectory(prefix="recstream-retrain-") as tmp:

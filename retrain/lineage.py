@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stream.errors import RecstreamError
+from recstream.stream.errors import RecstreamError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -106,8 +106,8 @@ def landed_objects(
     Objects are filed by their rows' event date, so only the dates from `oldest_ts` to
     `newest_ts` are listed.
     """
-    from stream.contracts.lake import event_date, parse_object_name
-    from stream.lake import object_names
+    from recstream.stream.contracts.lake import event_date, parse_object_name
+    from recstream.stream.lake import object_names
 
     names = []
     for name in object_names(client, bucket, event_date(oldest_ts), event_date(newest_ts)):
@@ -250,8 +250,8 @@ def of_candidate(summary: dict[str, Any], parent: int | None) -> dict[str, Any]:
 def read_records(client: Minio, bucket: str, lineage: dict[str, Any]) -> pd.DataFrame:
     """The records a version learnt from: its objects, filtered to its offset ranges, deduplicated
     as the reader does. LineageError when the objects or the records are not the recorded ones."""
-    from stream.contracts.lake import COLUMNS
-    from stream.lake import latest_per_event, read_objects
+    from recstream.stream.contracts.lake import COLUMNS
+    from recstream.stream.lake import latest_per_event, read_objects
 
     ranges = lineage.get("partitions")
     if not ranges or lineage.get("records") is None:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retrain.job import Outcome, Prepared, Progress, publish, train_candidate
-from retrain.lineage import LineageError, data_lineage, deterministic_training, read_records
-from stream.settings import Settings
+from recstream.retrain.job import Outcome, Prepared, Progress, publish, train_candidate
+from recstream.retrain.lineage import LineageError, data_lineage, deterministic_training, read_records
+from recstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,11 @@ def rebuild(settings: Settings, version: int, progress: Progress | None = None) 
     version, uploaded for comparison (when it passes the gate, as any candidate) but announced
     `rejected` with the reason "rebuild of version N", so that no updater serves a model of older
     data in place of the active one; the old version is left as it is."""
-    from retrain import cf_model as model
-    from retrain.dataset import temporal_holdout
-    from stream.contracts.metadata import METADATA
-    from stream.registry import ModelRegistry
-    from stream.storage import make_client
+    from recstream.retrain import cf_model as model
+    from recstream.retrain.dataset import temporal_holdout
+    from recstream.stream.contracts.metadata import METADATA
+    from recstream.stream.registry import ModelRegistry
+    from recstream.stream.storage import make_client
 
     client = make_client(settings)
     registry = ModelRegistry(client, settings.models_bucket, settings.model_name)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.contracts.signatures import RECOMMEND, RECOMMEND_HISTORY, SCORE
+from recstream.stream.contracts.signatures import RECOMMEND, RECOMMEND_HISTORY, SCORE
 
 log = logging.getLogger(__name__)
 

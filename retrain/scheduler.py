@@ -33,11 +33,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import Counter, Gauge, Histogram
 
-from stream.contracts import metrics as metric_names
-from stream.contracts.alerts import DriftAlert, parse_drift_alert
-from stream.contracts.records import InvalidMessage, finite_number
-from stream.errors import RecstreamError
-from stream.settings import Settings
+from recstream.stream.contracts import metrics as metric_names
+from recstream.stream.contracts.alerts import DriftAlert, parse_drift_alert
+from recstream.stream.contracts.records import InvalidMessage, finite_number
+from recstream.stream.errors import RecstreamError
+from recstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ class RetrainScheduler:
 
 def consume_alerts(settings: Settings, scheduler: RetrainScheduler, stop: threading.Event) -> None:
     """Feed `drift-alerts` to the scheduler until `stop` is set (group `recstream-scheduler`)."""
-    from stream.consumers import kafka_consumer
+    from recstream.stream.consumers import kafka_consumer
 
     consumer = kafka_consumer(
         settings.drift_alerts_topic,
@@ -301,8 +301,8 @@ def consume_alerts(settings: Settings, scheduler: RetrainScheduler, stop: thread
 def active_trained_with(settings: Settings, drift_from: float) -> bool:
     """Whether the active version was trained with the drift boost from `drift_from` (its
     metadata.json `window.recency.drift_from`)."""
-    from stream.registry import ModelRegistry
-    from stream.storage import make_client
+    from recstream.stream.registry import ModelRegistry
+    from recstream.stream.storage import make_client
 
     registry = ModelRegistry(make_client(settings), settings.models_bucket, settings.model_name)
     active = registry.state().active
@@ -316,9 +316,9 @@ def run(settings: Settings) -> None:
     """Run the loop in the foreground until SIGINT/SIGTERM."""
     import signal
 
-    from retrain.job import retrain_once
-    from stream.lake import wait_until_landed
-    from stream.metrics import serve_metrics
+    from recstream.retrain.job import retrain_once
+    from recstream.stream.lake import wait_until_landed
+    from recstream.stream.metrics import serve_metrics
 
     serve_metrics(settings.metrics_host, settings.scheduler_metrics_port)
     stop = threading.Event()

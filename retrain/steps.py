@@ -33,15 +33,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stream import storage
-from stream.errors import RecstreamError
+from recstream.stream import storage
+from recstream.stream.errors import RecstreamError
 
 if TYPE_CHECKING:
     import pandas as pd
     from minio import Minio
 
-    from retrain.job import Candidate, Outcome, Prepared, Progress
-    from stream.settings import Settings
+    from recstream.retrain.job import Candidate, Outcome, Prepared, Progress
+    from recstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class RunObjects:
 
     @classmethod
     def of(cls, settings: Settings, run_id: str) -> RunObjects:
-        from stream.storage import make_client
+        from recstream.stream.storage import make_client
 
         return cls(make_client(settings), settings.models_bucket, settings.model_name, run_id)
 
@@ -155,7 +155,7 @@ def data_step(
     `drift_from` (event time, as in one-shot retrain) boosts the purchases since then and narrows
     the gate to them; it travels to the train and publish steps in `data.json`'s window.
     """
-    from retrain.job import prepare_data
+    from recstream.retrain.job import prepare_data
 
     run = RunObjects.of(settings, run_id)
     prepared = prepare_data(settings, now, drift_from=drift_from)
@@ -177,8 +177,8 @@ def data_step(
 
 
 def load_prepared(run: RunObjects) -> Prepared:
-    from retrain.dataset import Holdout
-    from retrain.job import Prepared
+    from recstream.retrain.dataset import Holdout
+    from recstream.retrain.job import Prepared
 
     info = run.get_json(DATA_DONE)
     if info is None:
@@ -203,9 +203,9 @@ def train_step(
     settings: Settings, run_id: str, progress: Progress | None = None, params: Any = None
 ) -> TrainReport:
     """Train and evaluate on the data step's split; export the candidate under the run's prefix."""
-    from retrain import savedmodel as export
-    from retrain.job import metadata, train_and_evaluate
-    from stream.registry import ModelRegistry
+    from recstream.retrain import savedmodel as export
+    from recstream.retrain.job import metadata, train_and_evaluate
+    from recstream.stream.registry import ModelRegistry
 
     run = RunObjects.of(settings, run_id)
     prepared = load_prepared(run)
@@ -244,8 +244,8 @@ def train_step(
 # -- step 3: publish -------------------------------------------------------------------------
 def publish_step(settings: Settings, run_id: str) -> Outcome:
     """Gate the train step's candidate; publish it as the next version or reject it; clean up the run."""
-    from retrain.job import Candidate, Exported, Outcome, publish
-    from stream.registry import ModelRegistry
+    from recstream.retrain.job import Candidate, Exported, Outcome, publish
+    from recstream.stream.registry import ModelRegistry
 
     run = RunObjects.of(settings, run_id)
     registry = ModelRegistry(run.client, settings.models_bucket, settings.model_name)

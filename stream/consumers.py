@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from stream.settings import Settings, SettingsError
+from recstream.stream.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import Gauge
 
-from stream.contracts import metrics as metric_names
-from stream.settings import Settings
+from recstream.stream.contracts import metrics as metric_names
+from recstream.stream.settings import Settings
 
 if TYPE_CHECKING:
     import faust
@@ -31,7 +31,7 @@ def create_app(
     driver with a fetch wait (default KAFKA_FETCH_MAX_WAIT_MS) instead of its hard-coded 1500 ms."""
     import faust  # imported here: Faust pulls in a lot, and most commands never need it
 
-    from stream.faust_transport import SCHEME
+    from recstream.stream.faust_transport import SCHEME
 
     bootstrap = settings.require("kafka_bootstrap")
     datadir = settings.home / "faust" / name

@@ -50,7 +50,7 @@ async def fetched_highwaters(servers: list[str], listed: Mapping[Any, int]) -> d
     """`listed` (partition -> end offset) raised to the high watermark a fetch near it returns."""
     import asyncio
 
-    from stream.consumers import aio_consumer
+    from recstream.stream.consumers import aio_consumer
 
     consumer = aio_consumer(bootstrap=servers, fetch_max_wait_ms=HIGHWATER_FETCH_WAIT_MS)
     await consumer.start()

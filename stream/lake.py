@@ -21,8 +21,8 @@ import pandas as pd
 import pyarrow as pa
 from minio import Minio
 
-from stream import storage
-from stream.contracts.lake import (
+from recstream.stream import storage
+from recstream.stream.contracts.lake import (
     COLUMNS,
     date_of_prefix,
     date_prefix,
@@ -30,8 +30,8 @@ from stream.contracts.lake import (
     event_date,
     from_parquet,
 )
-from stream.faust_app import group_id
-from stream.settings import Settings
+from recstream.stream.faust_app import group_id
+from recstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def wait_until_landed(
     """
     from kafka import TopicPartition
 
-    from stream.consumers import kafka_consumer
+    from recstream.stream.consumers import kafka_consumer
 
     consumer = kafka_consumer(
         settings=settings,

@@ -6,7 +6,7 @@ import logging
 
 from prometheus_client import start_http_server
 
-from stream.errors import RecstreamError
+from recstream.stream.errors import RecstreamError
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stream.producer import EventProducer
-from stream.sources import Rejected, read_events
+from recstream.stream.producer import EventProducer
+from recstream.stream.sources import Rejected, read_events
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError, NoBrokersAvailable
 
-from stream.contracts.records import Transaction
-from stream.errors import RecstreamError
-from stream.settings import Settings
+from recstream.stream.contracts.records import Transaction
+from recstream.stream.errors import RecstreamError
+from recstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from minio import Minio
 from minio.commonconfig import CopySource
 from prometheus_client import Counter
 
-from stream import storage
-from stream.contracts.metadata import METADATA, newest_event_ts
-from stream.contracts.model_events import (
+from recstream.stream import storage
+from recstream.stream.contracts.metadata import METADATA, newest_event_ts
+from recstream.stream.contracts.model_events import (
     ACTIVATED,
     MAX_EVENT_BYTES,
     PUBLISHED,
@@ -38,10 +38,10 @@ from stream.contracts.model_events import (
     ModelEvent,
     parse_model_event,
 )
-from stream.contracts.records import InvalidMessage
+from recstream.stream.contracts.records import InvalidMessage
 
 if TYPE_CHECKING:
-    from stream.producer import EventProducer
+    from recstream.stream.producer import EventProducer
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream.errors import RecstreamError
+from recstream.stream.errors import RecstreamError
 
 # Local-only credentials for the embedded object store; refused in production mode.
 LOCAL_ACCESS_KEY = "recstream"

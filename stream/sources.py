@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from stream.contracts.records import InvalidMessage, Transaction, transaction_from_dict
-from stream.errors import RecstreamError
+from recstream.stream.contracts.records import InvalidMessage, Transaction, transaction_from_dict
+from recstream.stream.errors import RecstreamError
 
 SEED_HEADER = "customerId,products"
 # A guard against binary or newline-free files being read into memory as one "line".

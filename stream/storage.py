@@ -10,9 +10,9 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from stream.contracts.records import InvalidMessage
-from stream.errors import RecstreamError
-from stream.settings import Settings
+from recstream.stream.contracts.records import InvalidMessage
+from recstream.stream.errors import RecstreamError
+from recstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 

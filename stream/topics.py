@@ -8,9 +8,9 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from stream.consumers import kafka_consumer
-from stream.net import split_hostport, tcp_reachable
-from stream.settings import Settings
+from recstream.stream.consumers import kafka_consumer
+from recstream.stream.net import split_hostport, tcp_reachable
+from recstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from deploy.local.processes import stop_child
+from recstream.deploy.local.processes import stop_child
 
 FLAGS = (
     "--headless",

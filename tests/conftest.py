@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from kafka_helpers import create_topic
 
-from deploy.local.stack import Stack
-from stream.settings import ENV_NAMES, Settings
+from recstream.deploy.local.stack import Stack
+from recstream.stream.settings import ENV_NAMES, Settings
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "data" / "transactions.csv"
 

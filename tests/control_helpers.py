@@ -12,10 +12,10 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from retrain.scheduler import RetrainScheduler, consume_alerts
-from stream.contracts.model_events import ModelEvent, parse_model_event
-from stream.contracts.records import InvalidMessage
-from stream.settings import Settings
+from recstream.retrain.scheduler import RetrainScheduler, consume_alerts
+from recstream.stream.contracts.model_events import ModelEvent, parse_model_event
+from recstream.stream.contracts.records import InvalidMessage
+from recstream.stream.settings import Settings
 
 WAIT_S = 90.0
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from deploy.local.processes import stop_child
-from stream.settings import Settings
-from stream.storage import make_client
+from recstream.deploy.local.processes import stop_child
+from recstream.stream.settings import Settings
+from recstream.stream.storage import make_client
 
 
 class Worker:
@@ -45,7 +45,7 @@ class Worker:
         self.log = log
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "deploy.cli", command],
+                [sys.executable, "-m", "recstream.deploy.cli", command],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

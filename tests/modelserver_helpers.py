@@ -1,4 +1,4 @@
-"""Model servers of one test (`python -m deploy.modelserver` subprocesses), as replicas sharing a
+"""Model servers of one test (`python -m recstream.deploy.modelserver` subprocesses), as replicas sharing a
 serving root and config file, the way the stack runs one."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from deploy import modelserver
-from deploy.local.processes import free_port
-from deploy.local.stack import EMPTY_MODEL_CONFIG, MODELSERVER_ARGS
+from recstream.deploy import modelserver
+from recstream.deploy.local.processes import free_port
+from recstream.deploy.local.stack import EMPTY_MODEL_CONFIG, MODELSERVER_ARGS
 
 START_TIMEOUT_S = 90.0
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stream.contracts.model_events import ACTIVATED, PUBLISHED, ModelEvent
-from stream.producer import EventProducer
-from stream.registry import ModelRegistry
-from stream.settings import Settings
-from stream.storage import make_client
-from updater.core import Options, Updater
-from updater.errors import UpdaterError
+from recstream.stream.contracts.model_events import ACTIVATED, PUBLISHED, ModelEvent
+from recstream.stream.producer import EventProducer
+from recstream.stream.registry import ModelRegistry
+from recstream.stream.settings import Settings
+from recstream.stream.storage import make_client
+from recstream.updater.core import Options, Updater
+from recstream.updater.errors import UpdaterError
 
 
 def publish_and_activate(

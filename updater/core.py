@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stream.contracts.metadata import newest_event_ts
-from stream.contracts.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
-from stream.registry import ModelRegistry, RegistryState
-from stream.settings import Settings
-from stream.storage import UnsafeObjectKey
-from updater import metrics
-from updater.errors import (
+from recstream.stream.contracts.metadata import newest_event_ts
+from recstream.stream.contracts.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
+from recstream.stream.registry import ModelRegistry, RegistryState
+from recstream.stream.settings import Settings
+from recstream.stream.storage import UnsafeObjectKey
+from recstream.updater import metrics
+from recstream.updater.errors import (
     NothingToRollBack,
     RollbackError,
     SwapFailed,
@@ -31,14 +31,14 @@ from updater.errors import (
     UnknownVersion,
     UpdaterError,
 )
-from updater.locks import file_lock
-from updater.serving import PREVIOUS, STABLE, ConfigFile, Entry, Target
-from updater.staging import VersionDirs
-from updater.swap import Fleet
-from updater.validate import validate
+from recstream.updater.locks import file_lock
+from recstream.updater.serving import PREVIOUS, STABLE, ConfigFile, Entry, Target
+from recstream.updater.staging import VersionDirs
+from recstream.updater.swap import Fleet
+from recstream.updater.validate import validate
 
 if TYPE_CHECKING:
-    from stream.producer import EventProducer
+    from recstream.stream.producer import EventProducer
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Updater:
         registry: ModelRegistry | None = None,
         producer: EventProducer | None = None,
     ) -> None:
-        from stream.storage import make_client
+        from recstream.stream.storage import make_client
 
         self.settings = settings
         self.options = options or Options.from_settings(settings)
@@ -350,7 +350,7 @@ class Updater:
             ) from None
 
     def _announce(self, event: ModelEvent) -> None:
-        from stream.producer import EventProducer
+        from recstream.stream.producer import EventProducer
 
         if self._producer is None:
             self._producer = EventProducer(self.settings, client_id="recstream-updater")

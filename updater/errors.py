@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream.errors import RecstreamError
+from recstream.stream.errors import RecstreamError
 
 
 class UpdaterError(RecstreamError):

@@ -13,8 +13,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from stream import retry
-from updater.errors import Busy
+from recstream.stream import retry
+from recstream.updater.errors import Busy
 
 
 @contextlib.contextmanager

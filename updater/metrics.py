@@ -6,7 +6,7 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from stream.contracts import metrics as metric_names
+from recstream.stream.contracts import metrics as metric_names
 
 ACTIVATIONS = Counter("recstream_updater_activations_total", "Versions activated", ["model"])
 REJECTIONS = Counter(

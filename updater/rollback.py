@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from stream.contracts.model_events import ModelEvent
-from stream.settings import Settings
-from updater.core import Options, Updater
+from recstream.stream.contracts.model_events import ModelEvent
+from recstream.stream.settings import Settings
+from recstream.updater.core import Options, Updater
 
 
 def rollback(settings: Settings, to: int | None = None, options: Options | None = None) -> ModelEvent:

@@ -16,14 +16,14 @@ import time
 from kafka import KafkaConsumer
 from kafka.errors import NoBrokersAvailable
 
-from stream import retry
-from stream.consumers import kafka_consumer
-from stream.contracts.model_events import PUBLISHED, ROLLED_BACK, parse_model_event
-from stream.contracts.records import InvalidMessage
-from stream.producer import BrokerUnavailable
-from stream.settings import Settings
-from updater import metrics
-from updater.core import Options, Updater
+from recstream.stream import retry
+from recstream.stream.consumers import kafka_consumer
+from recstream.stream.contracts.model_events import PUBLISHED, ROLLED_BACK, parse_model_event
+from recstream.stream.contracts.records import InvalidMessage
+from recstream.stream.producer import BrokerUnavailable
+from recstream.stream.settings import Settings
+from recstream.updater import metrics
+from recstream.updater.core import Options, Updater
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class UpdaterService:
 
 
 def _expected(exc: Exception) -> bool:
-    from stream.errors import RecstreamError
+    from recstream.stream.errors import RecstreamError
 
     return isinstance(exc, RecstreamError)
 
@@ -142,7 +142,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     """The foreground service: /metrics on UPDATER_METRICS_PORT, stops on SIGINT/SIGTERM."""
     import signal
 
-    from stream.metrics import serve_metrics
+    from recstream.stream.metrics import serve_metrics
 
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():

@@ -30,11 +30,11 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from stream import retry
-from stream.contracts.signatures import PREVIOUS_LABEL, RECOMMEND, STABLE_LABEL
-from updater.errors import SwapFailed, Unavailable, one_line
-from updater.locks import file_lock
-from updater.validate import SMOKE_K, SMOKE_USERS, Invalid, check_recommendations
+from recstream.stream import retry
+from recstream.stream.contracts.signatures import PREVIOUS_LABEL, RECOMMEND, STABLE_LABEL
+from recstream.updater.errors import SwapFailed, Unavailable, one_line
+from recstream.updater.locks import file_lock
+from recstream.updater.validate import SMOKE_K, SMOKE_USERS, Invalid, check_recommendations
 
 log = logging.getLogger(__name__)
 

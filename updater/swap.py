@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from updater.errors import SwapFailed, Unavailable
-from updater.serving import STABLE, ConfigFile, Entry, Target
+from recstream.updater.errors import SwapFailed, Unavailable
+from recstream.updater.serving import STABLE, ConfigFile, Entry, Target
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Check a version directory against DESIGN's SavedModel contract before any model server sees it.
 
-`validate()` runs the check in a child process (`python -m updater.validate DIR VERSION`):
+`validate()` runs the check in a child process (`python -m recstream.updater.validate DIR VERSION`):
 a broken SavedModel can crash or bloat TensorFlow, and the updater lives for weeks, loading
 a new version every retrain. `check()` is the check itself, usable in-process.
 """
@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from stream.contracts.signatures import RECOMMEND, RECOMMEND_HISTORY, SCORE
-from updater.errors import SwapFailed, one_line
+from recstream.stream.contracts.signatures import RECOMMEND, RECOMMEND_HISTORY, SCORE
+from recstream.updater.errors import SwapFailed, one_line
 
 # dtype names of tf.DType.name; rank None means "any".
 RECOMMEND_INPUTS = {"user_id": ("string", 1), "k": ("int32", 0)}
@@ -203,7 +203,7 @@ def child_env(environ: Mapping[str, str]) -> dict[str, str]:
 def validate(path: Path, version: int, timeout_s: float = 180.0) -> dict[str, Any]:
     """`check()` in a child process; raises Invalid with the child's reason (or how it died)."""
     env = child_env(os.environ)
-    argv = [sys.executable, "-m", "updater.validate", str(path), str(version)]
+    argv = [sys.executable, "-m", "recstream.updater.validate", str(path), str(version)]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
     except subprocess.TimeoutExpired:
@@ -222,7 +222,7 @@ def validate(path: Path, version: int, timeout_s: float = 180.0) -> dict[str, An
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or not args[1].isdigit():
-        print("usage: python -m updater.validate DIR VERSION", file=sys.stderr)
+        print("usage: python -m recstream.updater.validate DIR VERSION", file=sys.stderr)
         return 2
     try:
         report = check(Path(args[0]), int(args[1]))

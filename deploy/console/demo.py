@@ -27,13 +27,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploy.console import observe
-from stream.contracts.records import Transaction
-from stream.settings import Settings
-from stream.sources import Rejected, read_events
+from recstream.deploy.console import observe
+from recstream.stream.contracts.records import Transaction
+from recstream.stream.settings import Settings
+from recstream.stream.sources import Rejected, read_events
 
 if TYPE_CHECKING:
-    from deploy.local.supervisor import Supervisor
+    from recstream.deploy.local.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ class Demo:
         self.asking = threading.Event()  # set once a version is active: before that, answers are errors
 
     def start(self, stop: threading.Event) -> None:
-        from recommender.client import RecommendationClient
-        from stream.producer import EventProducer
+        from recstream.recommender.client import RecommendationClient
+        from recstream.stream.producer import EventProducer
 
         self.client = RecommendationClient(self.settings)
         self.producer = EventProducer(self.settings, client_id="recstream-demo")
@@ -189,7 +189,7 @@ def write_summary(settings: Settings, body: dict[str, Any]) -> Path:
 
 def write_report(settings: Settings, body: dict[str, Any]) -> Path:
     """The run's HTML report (deploy/report.py) beside demo-summary.json, the summary in it."""
-    from deploy.console import report, timeline
+    from recstream.deploy.console import report, timeline
 
     timeline.append_summary(settings.home, body)
     return report.write_report(settings.home, settings.home / report.REPORT)

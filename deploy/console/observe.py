@@ -18,8 +18,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.contracts import metrics as metric_names
-from stream.settings import Settings
+from recstream.stream.contracts import metrics as metric_names
+from recstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def partitions(samples: Samples) -> dict[int, float | None]:
 
 
 def snapshot(settings: Settings, *, registry: Any = None) -> Snapshot:
-    from deploy.local.supervisor import SERVICES, services_status
+    from recstream.deploy.local.supervisor import SERVICES, services_status
 
     services = services_status(settings.home, SERVICES)
     workers = services_status(settings.home)  # every worker the supervisor recorded
@@ -190,8 +190,8 @@ def snapshot(settings: Settings, *, registry: Any = None) -> Snapshot:
 
 def registry_of(settings: Settings) -> Any:
     """A registry reader that fails fast: a snapshot must not hang on a store that is down."""
-    from stream.registry import ModelRegistry
-    from stream.storage import make_client
+    from recstream.stream.registry import ModelRegistry
+    from recstream.stream.storage import make_client
 
     return ModelRegistry(
         make_client(settings, retries=0, timeout_s=3), settings.models_bucket, settings.model_name
@@ -313,8 +313,8 @@ def median_purchase_to_served(activations: list[list[float]], purchases: list[fl
 
 def purchase_times(settings: Settings) -> list[float]:
     """Event times of every landed purchase (for `median_purchase_to_served`; [] when unreadable)."""
-    from stream.lake import read_transactions
-    from stream.storage import make_client
+    from recstream.stream.lake import read_transactions
+    from recstream.stream.storage import make_client
 
     try:
         frame = read_transactions(make_client(settings), settings.data_bucket, columns=["ts"])

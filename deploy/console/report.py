@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deploy.console.timeline import Run, load_run, timeline_path
-from stream.errors import RecstreamError
+from recstream.deploy.console.timeline import Run, load_run, timeline_path
+from recstream.stream.errors import RecstreamError
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ def write_report(home: Path, out: Path | None = None) -> Path:
 # -- what the page shows (pure: tested without a browser) ------------------------------------------
 def versions(run: Run) -> list[dict[str, Any]]:
     """One row per version: its events' times, final status, offline metrics, online hit rate."""
-    from stream.contracts.model_events import ModelEvent
-    from stream.registry import RegistryState
+    from recstream.stream.contracts.model_events import ModelEvent
+    from recstream.stream.registry import RegistryState
 
     state = RegistryState(run.header.get("model", ""))
     rows: dict[int, dict[str, Any]] = {}

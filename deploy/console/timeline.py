@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stream.contracts.model_events import EVENTS
-from stream.errors import RecstreamError
-from stream.settings import Settings
+from recstream.stream.contracts.model_events import EVENTS
+from recstream.stream.errors import RecstreamError
+from recstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def timeline_path(home: Path) -> Path:
 
 def drift_thresholds(settings: Settings) -> dict[str, float]:
     """Each drift statistic's alert threshold, from the scorer's own table."""
-    from recommender.drift import DriftConfig, DriftMonitor
+    from recstream.recommender.drift import DriftConfig, DriftMonitor
 
     monitor = DriftMonitor(DriftConfig.from_settings(settings))
     return {name: alarm.threshold for name, alarm in monitor.alarms.items()}
@@ -118,7 +118,7 @@ class Recorder:
 
     def sample(self) -> None:
         """One snapshot of the running system into the timeline."""
-        from deploy.console import observe
+        from recstream.deploy.console import observe
 
         if self.registry is None:
             try:

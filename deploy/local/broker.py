@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 
-from deploy.local.processes import StackError
-from stream.settings import Settings
+from recstream.deploy.local.processes import StackError
+from recstream.stream.settings import Settings
 
 CLUSTER_ID = "recstream"
 

@@ -15,8 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from deploy.local.processes import PORT_RANGE, StackError, port_is_free
-from stream.settings import Settings
+from recstream.deploy.local.processes import PORT_RANGE, StackError, port_is_free
+from recstream.stream.settings import Settings
 
 GRPC_OFFSET = 10000
 SERVICES = ("s3", "master", "volume", "filer", "admin")

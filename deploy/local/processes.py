@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from stream.errors import RecstreamError
+from recstream.stream.errors import RecstreamError
 
 log = logging.getLogger(__name__)
 

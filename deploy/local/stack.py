@@ -19,9 +19,9 @@ from collections.abc import Iterator, Set
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy import modelserver
-from deploy.local import broker, objectstore
-from deploy.local.processes import (
+from recstream.deploy import modelserver
+from recstream.deploy.local import broker, objectstore
+from recstream.deploy.local.processes import (
     StackError,
     free_port,
     pid_alive,
@@ -31,9 +31,9 @@ from deploy.local.processes import (
     stop_pid,
     wait_healthy,
 )
-from stream.settings import Settings, load_settings, write_env_file
-from stream.storage import ensure_buckets, make_client, store_healthy
-from stream.topics import broker_metadata_ok, ensure_topics
+from recstream.stream.settings import Settings, load_settings, write_env_file
+from recstream.stream.storage import ensure_buckets, make_client, store_healthy
+from recstream.stream.topics import broker_metadata_ok, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,9 @@ class Stack:
             "TF_SERVING_REST": settings.tf_serving_rest or "",
             "MODEL_BASE_PATH": str(settings.model_base_path),
         }
-        from deploy.local.supervisor import recorded_ports  # services `up` runs now keep their ports listed
+        from recstream.deploy.local.supervisor import (
+            recorded_ports,  # services `up` runs now keep their ports listed
+        )
 
         values |= {setting: str(port) for setting, port in recorded_ports(self.home).items()}
         return {k: v for k, v in values.items() if v}
@@ -265,7 +267,7 @@ class Stack:
         if part != MODELSERVER:
             return True
         try:
-            return b"deploy.modelserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            return b"recstream.deploy.modelserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return False
 

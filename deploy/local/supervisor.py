@@ -41,9 +41,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-from deploy.local.processes import StackError, check_pinned_free, free_port, pid_alive, port_is_free, stop_pid
-from stream import retry
-from stream.settings import FIELDS, Settings, read_env_file, write_env_file
+from recstream.deploy.local.processes import (
+    StackError,
+    check_pinned_free,
+    free_port,
+    pid_alive,
+    port_is_free,
+    stop_pid,
+)
+from recstream.stream import retry
+from recstream.stream.settings import FIELDS, Settings, read_env_file, write_env_file
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +305,7 @@ class Supervisor:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start {service.name}\n".encode())
             out.flush()
             service.proc = subprocess.Popen(
-                [sys.executable, "-m", "deploy.cli", service.service],
+                [sys.executable, "-m", "recstream.deploy.cli", service.service],
                 env=service.env,
                 cwd=self.home,
                 stdin=subprocess.DEVNULL,
@@ -417,7 +424,7 @@ def _is_service(pid: int | None, name: str) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    command = any(arg == b"deploy.cli" or arg.endswith(b"/recstream") for arg in argv)
+    command = any(arg == b"recstream.deploy.cli" or arg.endswith(b"/recstream") for arg in argv)
     return command and name.encode() in argv
 
 

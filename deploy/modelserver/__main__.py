@@ -1,5 +1,5 @@
-"""`python -m deploy.modelserver`: see deploy/modelserver/server.py."""
+"""`python -m recstream.deploy.modelserver`: see deploy/modelserver/server.py."""
 
-from deploy.modelserver.server import main
+from recstream.deploy.modelserver.server import main
 
 raise SystemExit(main())

@@ -18,7 +18,7 @@ from typing import Literal
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from deploy.modelserver.errors import invalid
+from recstream.deploy.modelserver.errors import invalid
 
 log = logging.getLogger(__name__)
 

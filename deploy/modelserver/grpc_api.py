@@ -23,11 +23,11 @@ from tensorflow_serving.apis import (
     status_pb2,
 )
 
-from deploy.modelserver import config as cfg
-from deploy.modelserver import tensors
-from deploy.modelserver.errors import ServingError, code_number
-from deploy.modelserver.limits import Limits
-from deploy.modelserver.registry import Registry
+from recstream.deploy.modelserver import config as cfg
+from recstream.deploy.modelserver import tensors
+from recstream.deploy.modelserver.errors import ServingError, code_number
+from recstream.deploy.modelserver.limits import Limits
+from recstream.deploy.modelserver.registry import Registry
 
 log = logging.getLogger(__name__)
 

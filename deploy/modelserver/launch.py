@@ -27,11 +27,11 @@ def command(
     model_config_file: str | os.PathLike[str] | None = None,
     extra_args: Sequence[str] = (),
 ) -> tuple[list[str], dict[str, str]]:
-    """argv and env for `python -m deploy.modelserver`; argv[0] is this interpreter."""
+    """argv and env for `python -m recstream.deploy.modelserver`; argv[0] is this interpreter."""
     argv = [
         sys.executable,
         "-m",
-        "deploy.modelserver",
+        "recstream.deploy.modelserver",
         "--model-name",
         model_name,
         "--model-base-path",

@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from deploy.modelserver.errors import invalid
+from recstream.deploy.modelserver.errors import invalid
 
 MIB = 1 << 20
 GRPC_MESSAGE_CEILING = 2**31 - 1  # gRPC's own ceiling (a signed 32-bit length)

@@ -29,8 +29,8 @@ from typing import Any, Protocol
 
 import grpc
 
-from deploy.modelserver import config as cfg
-from deploy.modelserver.errors import OK, ServingError, from_exception
+from recstream.deploy.modelserver import config as cfg
+from recstream.deploy.modelserver.errors import OK, ServingError, from_exception
 
 log = logging.getLogger(__name__)
 

@@ -31,12 +31,12 @@ import grpc
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
-from deploy.modelserver import rest_json
-from deploy.modelserver.errors import ServingError, http_status, invalid
-from deploy.modelserver.grpc_api import SIGNATURE_DEF, model_metadata, model_status
-from deploy.modelserver.limits import Limits, shown
-from deploy.modelserver.registry import Registry
-from deploy.modelserver.servable import DEFAULT_SIGNATURE
+from recstream.deploy.modelserver import rest_json
+from recstream.deploy.modelserver.errors import ServingError, http_status, invalid
+from recstream.deploy.modelserver.grpc_api import SIGNATURE_DEF, model_metadata, model_status
+from recstream.deploy.modelserver.limits import Limits, shown
+from recstream.deploy.modelserver.registry import Registry
+from recstream.deploy.modelserver.servable import DEFAULT_SIGNATURE
 
 log = logging.getLogger(__name__)
 

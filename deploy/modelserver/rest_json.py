@@ -24,9 +24,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from deploy.modelserver import dtypes
-from deploy.modelserver.errors import ServingError, invalid
-from deploy.modelserver.limits import MAX_RANK, shown
+from recstream.deploy.modelserver import dtypes
+from recstream.deploy.modelserver.errors import ServingError, invalid
+from recstream.deploy.modelserver.limits import MAX_RANK, shown
 
 Output = tuple[np.ndarray, int]
 

@@ -22,10 +22,10 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from deploy.modelserver import dtypes, limits
-from deploy.modelserver.errors import ServingError, code_from_number, invalid
-from deploy.modelserver.limits import Limits
-from deploy.modelserver.tensors import dtype_error, signature_dims
+from recstream.deploy.modelserver import dtypes, limits
+from recstream.deploy.modelserver.errors import ServingError, code_from_number, invalid
+from recstream.deploy.modelserver.limits import Limits
+from recstream.deploy.modelserver.tensors import dtype_error, signature_dims
 
 log = logging.getLogger(__name__)
 

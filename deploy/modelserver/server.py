@@ -1,4 +1,4 @@
-"""Process entry: `python -m deploy.modelserver --model-base-path DIR --model-name NAME ...`.
+"""Process entry: `python -m recstream.deploy.modelserver --model-base-path DIR --model-name NAME ...`.
 
 Flags take TF Serving's spellings too (--port, --rest_api_port, --model_base_path, ...),
 so the same command line drives either server. Like tensorflow_model_server, it loads
@@ -23,21 +23,21 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from stream.settings import FIELDS, positive_float, positive_int
+from recstream.stream.settings import FIELDS, positive_float, positive_int
 
 if TYPE_CHECKING:
-    from deploy.modelserver.limits import Limits
+    from recstream.deploy.modelserver.limits import Limits
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
-log = logging.getLogger("deploy.modelserver")
+log = logging.getLogger("recstream.deploy.modelserver")
 
 
 def parse_args(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m deploy.modelserver", description="TF-Serving-compatible model server"
+        prog="python -m recstream.deploy.modelserver", description="TF-Serving-compatible model server"
     )
     add = parser.add_argument
     add("--model-name", "--model_name", default="default", help="model name (without --model-config-file)")
@@ -121,7 +121,7 @@ def _limit_defaults(environ: Mapping[str, str]) -> dict[str, object]:
 
 
 def _limits(args: argparse.Namespace) -> Limits:
-    from deploy.modelserver.limits import Limits
+    from recstream.deploy.modelserver.limits import Limits
 
     return Limits(**{attr: getattr(args, attr) for _, attr, _, _ in _LIMIT_FLAGS})
 
@@ -136,10 +136,10 @@ def _bool(text: str) -> bool:
 
 def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
     """Load, listen, and block until `stop` is set (or a signal sets it); returns the exit status."""
-    from deploy.modelserver import config as cfg
-    from deploy.modelserver.errors import ServingError
-    from deploy.modelserver.grpc_api import make_server
-    from deploy.modelserver.rest_api import RestServer
+    from recstream.deploy.modelserver import config as cfg
+    from recstream.deploy.modelserver.errors import ServingError
+    from recstream.deploy.modelserver.grpc_api import make_server
+    from recstream.deploy.modelserver.rest_api import RestServer
 
     stop = stop or threading.Event()
     registry = _registry(args, stop)
@@ -188,9 +188,9 @@ def serve(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
 
 def _registry(args: argparse.Namespace, stop: threading.Event):
     """The version manager, loading with TensorFlow (and warmup) and logging every state change."""
-    from deploy.modelserver.registry import Options, Registry, State, Status
-    from deploy.modelserver.servable import Servable
-    from deploy.modelserver.warmup import run_warmup
+    from recstream.deploy.modelserver.registry import Options, Registry, State, Status
+    from recstream.deploy.modelserver.servable import Servable
+    from recstream.deploy.modelserver.warmup import run_warmup
 
     def load(name: str, version: int, path: str) -> Servable:
         servable = Servable(name, version, path, args.limits)
@@ -222,8 +222,8 @@ def _registry(args: argparse.Namespace, stop: threading.Event):
 def _poll_config_file(registry, path: str, interval: float, stop: threading.Event) -> None:
     """Apply the config file every `interval`, changed or not: like TF Serving, a poll
     replaces whatever config was pushed over gRPC since, so the file must be written first."""
-    from deploy.modelserver import config as cfg
-    from deploy.modelserver.errors import ServingError
+    from recstream.deploy.modelserver import config as cfg
+    from recstream.deploy.modelserver.errors import ServingError
 
     while not stop.wait(interval):
         try:

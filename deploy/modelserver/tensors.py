@@ -12,9 +12,9 @@ import numpy as np
 from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from deploy.modelserver import dtypes, limits
-from deploy.modelserver.errors import ServingError, invalid
-from deploy.modelserver.limits import MAX_BROADCAST_ELEMENTS, Limits
+from recstream.deploy.modelserver import dtypes, limits
+from recstream.deploy.modelserver.errors import ServingError, invalid
+from recstream.deploy.modelserver.limits import MAX_BROADCAST_ELEMENTS, Limits
 
 _FIELD = {
     dtypes.DT_FLOAT: "float_val",

@@ -16,9 +16,9 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow_serving.apis import prediction_log_pb2
 
-from deploy.modelserver import tensors
-from deploy.modelserver.errors import ServingError
-from deploy.modelserver.servable import Servable
+from recstream.deploy.modelserver import tensors
+from recstream.deploy.modelserver.errors import ServingError
+from recstream.deploy.modelserver.servable import Servable
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.contracts.model_events import MAX_EVENT_DEPTH, MAX_NAME_LENGTH, MAX_VERSION
-from stream.contracts.records import InvalidMessage, finite_number, load_json
+from recstream.stream.contracts.model_events import MAX_EVENT_DEPTH, MAX_NAME_LENGTH, MAX_VERSION
+from recstream.stream.contracts.records import InvalidMessage, finite_number, load_json
 
 KINDS = ("concept", "data")
 

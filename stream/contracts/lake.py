@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stream.contracts.records import Transaction
+from recstream.stream.contracts.records import Transaction
 
 PREFIX = "transactions"
 SCHEMA = pa.schema(

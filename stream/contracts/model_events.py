@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.contracts.records import MAX_MESSAGE_BYTES, InvalidMessage, finite_number, load_json
+from recstream.stream.contracts.records import MAX_MESSAGE_BYTES, InvalidMessage, finite_number, load_json
 
 # Control events share the one message bound (checked before parsing; a real event is a few
 # hundred bytes); the name stays for the registry's reads of event objects.

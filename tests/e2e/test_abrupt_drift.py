@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 from test_closed_loop import LOOP_ENV, _round, first_version, loop_figures, report_figures, stack_up, wait_for
 
-from deploy.console import observe
-from recommender.client import RecommendationClient
-from retrain.dataset import read_seed
-from stream.contracts.records import Transaction
-from stream.producer import EventProducer
+from recstream.deploy.console import observe
+from recstream.recommender.client import RecommendationClient
+from recstream.retrain.dataset import read_seed
+from recstream.stream.contracts.records import Transaction
+from recstream.stream.producer import EventProducer
 
 pytestmark = pytest.mark.e2e
 

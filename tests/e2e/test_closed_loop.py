@@ -26,16 +26,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deploy.console import observe
-from deploy.local.processes import stop_child
-from recommender.client import RecommendationClient
-from retrain.dataset import read_seed
-from stream.contracts.alerts import parse_drift_alert
-from stream.contracts.records import Transaction
-from stream.producer import EventProducer
-from stream.registry import ModelRegistry
-from stream.settings import ENV_NAMES, Settings, load_settings
-from stream.storage import make_client
+from recstream.deploy.console import observe
+from recstream.deploy.local.processes import stop_child
+from recstream.recommender.client import RecommendationClient
+from recstream.retrain.dataset import read_seed
+from recstream.stream.contracts.alerts import parse_drift_alert
+from recstream.stream.contracts.records import Transaction
+from recstream.stream.producer import EventProducer
+from recstream.stream.registry import ModelRegistry
+from recstream.stream.settings import ENV_NAMES, Settings, load_settings
+from recstream.stream.storage import make_client
 
 pytestmark = pytest.mark.e2e
 
@@ -82,7 +82,7 @@ def stack_up(
     home.mkdir()
     with open(tmp_path / "up.log", "wb") as out:
         up = subprocess.Popen(
-            [sys.executable, "-m", "deploy.cli", "up"],
+            [sys.executable, "-m", "recstream.deploy.cli", "up"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -146,7 +146,7 @@ def report_figures(figures: dict[str, Any], path: Path) -> None:
 def first_version(settings: Settings, env: dict[str, str], up: subprocess.Popen, home: Path) -> ModelRegistry:
     """`recstream retrain` publishes version 1 and the running updater activates it."""
     retrain = subprocess.run(
-        [sys.executable, "-m", "deploy.cli", "retrain"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "recstream.deploy.cli", "retrain"], env=env, capture_output=True, text=True
     )
     assert retrain.returncode == 0 and "published version 1" in retrain.stdout, (
         retrain.stdout + retrain.stderr
@@ -195,7 +195,7 @@ def test_a_launch_raises_drift_retrains_and_the_hit_rate_recovers(
     settings, up, env = running
     home = settings.home
     subprocess.run(
-        [sys.executable, "-m", "deploy.cli", "produce", str(seed_file), "--limit", str(SLICE)],
+        [sys.executable, "-m", "recstream.deploy.cli", "produce", str(seed_file), "--limit", str(SLICE)],
         env=env,
         check=True,
         capture_output=True,

@@ -20,13 +20,13 @@ import pytest
 from browser import open_page
 from kafka import KafkaConsumer, TopicPartition
 
-from deploy.console.report import MARKS
-from deploy.console.timeline import Run, load_run
-from deploy.local.processes import pid_alive
-from stream.contracts.alerts import parse_drift_alert
-from stream.registry import ModelRegistry
-from stream.settings import ENV_NAMES, load_settings
-from stream.storage import make_client
+from recstream.deploy.console.report import MARKS
+from recstream.deploy.console.timeline import Run, load_run
+from recstream.deploy.local.processes import pid_alive
+from recstream.stream.contracts.alerts import parse_drift_alert
+from recstream.stream.registry import ModelRegistry
+from recstream.stream.settings import ENV_NAMES, load_settings
+from recstream.stream.storage import make_client
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +44,7 @@ def test_up_demo_turns_the_loop_and_stops_cleanly(tmp_path: Path, seed_file: Pat
             [
                 sys.executable,
                 "-m",
-                "deploy.cli",
+                "recstream.deploy.cli",
                 "up",
                 "--demo",
                 "--for",
@@ -90,7 +90,10 @@ def test_up_demo_turns_the_loop_and_stops_cleanly(tmp_path: Path, seed_file: Pat
 
     # Bring the infrastructure back to check what the loop left in it.
     subprocess.run(
-        [sys.executable, "-m", "deploy.cli", "up", "--infra"], env=env, check=True, capture_output=True
+        [sys.executable, "-m", "recstream.deploy.cli", "up", "--infra"],
+        env=env,
+        check=True,
+        capture_output=True,
     )
     try:
         settings = load_settings({"RECSTREAM_HOME": str(home)}, environ={})
@@ -105,7 +108,9 @@ def test_up_demo_turns_the_loop_and_stops_cleanly(tmp_path: Path, seed_file: Pat
         alerts = _records(settings.kafka_bootstrap, settings.drift_alerts_topic)
         assert all(parse_drift_alert(value).model_version in activated for value in alerts)
     finally:
-        subprocess.run([sys.executable, "-m", "deploy.cli", "down"], env=env, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "recstream.deploy.cli", "down"], env=env, check=True, capture_output=True
+        )
 
 
 def _check_report_in_a_browser(report: Path, run: Run, profile: Path) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 
-from stream.faust_app import create_app
-from stream.settings import load_settings
+from recstream.stream.faust_app import create_app
+from recstream.stream.settings import load_settings
 
 app = create_app(f"echo-{os.environ['OUT_TOPIC']}", load_settings())
 source = app.topic(os.environ["IN_TOPIC"], value_serializer="raw", key_serializer="raw")

@@ -11,13 +11,13 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka_helpers import read_all
 
-from deploy.local.processes import pid_alive
-from deploy.local.stack import BROKER, Stack
-from stream.contracts.records import Transaction, parse_transaction
-from stream.produce import produce_file
-from stream.producer import EventProducer
-from stream.settings import Settings
-from stream.sources import read_events
+from recstream.deploy.local.processes import pid_alive
+from recstream.deploy.local.stack import BROKER, Stack
+from recstream.stream.contracts.records import Transaction, parse_transaction
+from recstream.stream.produce import produce_file
+from recstream.stream.producer import EventProducer
+from recstream.stream.settings import Settings
+from recstream.stream.sources import read_events
 
 pytestmark = pytest.mark.integration
 

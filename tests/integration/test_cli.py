@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from kafka_helpers import read_all
 
-from deploy.local.processes import pid_alive
-from stream.settings import Settings
+from recstream.deploy.local.processes import pid_alive
+from recstream.stream.settings import Settings
 
-RECSTREAM = [sys.executable, "-m", "deploy.cli"]
+RECSTREAM = [sys.executable, "-m", "recstream.deploy.cli"]
 
 
 def run(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from kafka_helpers import read_all
 
-from deploy.local.processes import stop_child
-from stream.producer import EventProducer
-from stream.settings import Settings
+from recstream.deploy.local.processes import stop_child
+from recstream.stream.producer import EventProducer
+from recstream.stream.settings import Settings
 
 pytestmark = pytest.mark.integration
 APP = Path(__file__).with_name("faust_echo_app.py")

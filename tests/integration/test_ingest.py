@@ -15,11 +15,11 @@ from ingest_helpers import Worker, stored_rows, wait_for
 from kafka_helpers import create_topic, read_all
 from urllib3.exceptions import MaxRetryError
 
-from stream.contracts.records import Transaction
-from stream.lake import read_transactions
-from stream.producer import EventProducer
-from stream.settings import Settings
-from stream.storage import ensure_buckets, make_client
+from recstream.stream.contracts.records import Transaction
+from recstream.stream.lake import read_transactions
+from recstream.stream.producer import EventProducer
+from recstream.stream.settings import Settings
+from recstream.stream.storage import ensure_buckets, make_client
 
 pytestmark = pytest.mark.integration
 
@@ -132,8 +132,8 @@ def test_uncommitted_flush_is_rewritten_with_the_same_boundaries(
 ) -> None:
     """A marker left by a worker that died mid-flush makes the next owner end its batch at the same
     offset, and dead letters it had already sent are not sent again."""
-    from ingest.landing import Backoff, Lander, Marker
-    from stream.contracts.lake import event_date, object_name, parse_object_name
+    from recstream.ingest.landing import Backoff, Lander, Marker
+    from recstream.stream.contracts.lake import event_date, object_name, parse_object_name
 
     s = ingest_settings
     bad = {100, 700, 1200, 2000}  # offsets of malformed records (all on one partition)
@@ -188,9 +188,9 @@ def test_uncommitted_flush_is_rewritten_with_the_same_boundaries(
 @pytest.fixture
 def separate_store(settings: Settings, tmp_path) -> Iterator[dict]:
     """A second object store just for the landed data, so stopping it leaves the broker's store alone."""
-    from deploy.local import objectstore
-    from deploy.local.processes import start_daemon, stop_pid, wait_healthy
-    from stream.storage import store_healthy
+    from recstream.deploy.local import objectstore
+    from recstream.deploy.local.processes import start_daemon, stop_pid, wait_healthy
+    from recstream.stream.storage import store_healthy
 
     home = tmp_path / "data-store"
     ports = objectstore.choose_ports()
@@ -252,7 +252,7 @@ def test_sigterm_with_buffered_records_stops_and_loses_nothing(
 ) -> None:
     import urllib.request
 
-    from deploy.local.processes import free_port
+    from recstream.deploy.local.processes import free_port
 
     s = ingest_settings
     events = [Transaction(f"t-{i}", f"u{i % 13}", "i1", 1, T0 + i) for i in range(50)]
@@ -286,7 +286,7 @@ def test_sigterm_with_buffered_records_stops_and_loses_nothing(
 def test_wait_until_landed_returns_once_every_record_sent_is_in_the_store(
     ingest_settings: Settings, workers, tmp_path
 ) -> None:
-    from stream.lake import wait_until_landed
+    from recstream.stream.lake import wait_until_landed
 
     s = ingest_settings
     with EventProducer(s) as producer:

@@ -23,16 +23,16 @@ from kafka import KafkaProducer
 from kafka_helpers import create_topic, read_all
 from prometheus_client import REGISTRY
 
-from retrain.cf_model import Params
-from retrain.job import retrain_once
-from retrain.lineage import digest, offset_ranges
-from retrain.rebuild import rebuild
-from stream.produce import produce_file
-from stream.producer import EventProducer
-from stream.registry import ModelRegistry
-from stream.settings import Settings
-from stream.storage import ensure_buckets, make_client
-from updater.core import Updater
+from recstream.retrain.cf_model import Params
+from recstream.retrain.job import retrain_once
+from recstream.retrain.lineage import digest, offset_ranges
+from recstream.retrain.rebuild import rebuild
+from recstream.stream.produce import produce_file
+from recstream.stream.producer import EventProducer
+from recstream.stream.registry import ModelRegistry
+from recstream.stream.settings import Settings
+from recstream.stream.storage import ensure_buckets, make_client
+from recstream.updater.core import Updater
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,7 @@ def cli(settings: Settings, *args: str, python: str | None = None) -> subprocess
         "RETRAIN_MIN_USERS": str(settings.retrain_min_users),
     }
     return subprocess.run(
-        [sys.executable, *(["-c", python] if python else ["-m", "deploy.cli"]), *args],
+        [sys.executable, *(["-c", python] if python else ["-m", "recstream.deploy.cli"]), *args],
         env=env,
         capture_output=True,
         text=True,

@@ -45,8 +45,8 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from deploy.local.processes import free_port
-from deploy.modelserver import grpc_healthy, rest_healthy
+from recstream.deploy.local.processes import free_port
+from recstream.deploy.modelserver import grpc_healthy, rest_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -146,7 +146,7 @@ class ModelServer:
         argv = [
             sys.executable,
             "-m",
-            "deploy.modelserver",
+            "recstream.deploy.modelserver",
             *self.model_args,
             "--grpc-port",
             str(self.grpc_port),

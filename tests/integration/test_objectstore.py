@@ -10,8 +10,8 @@ import pytest
 from minio import Minio
 from minio.error import S3Error
 
-from stream.settings import Settings
-from stream.storage import ensure_buckets, make_client
+from recstream.stream.settings import Settings
+from recstream.stream.storage import ensure_buckets, make_client
 
 pytestmark = pytest.mark.integration
 

@@ -19,13 +19,13 @@ from ingest_helpers import Worker, stored_rows, wait_for
 from kafka_helpers import create_topic, read_all
 from prometheus_client import REGISTRY
 
-from stream.contracts.alerts import DriftAlert
-from stream.contracts.model_events import ACTIVATED, PUBLISHED, ModelEvent
-from stream.contracts.records import MAX_MESSAGE_BYTES, Transaction
-from stream.producer import EventProducer
-from stream.registry import ModelRegistry
-from stream.settings import Settings
-from stream.storage import ensure_buckets, make_client
+from recstream.stream.contracts.alerts import DriftAlert
+from recstream.stream.contracts.model_events import ACTIVATED, PUBLISHED, ModelEvent
+from recstream.stream.contracts.records import MAX_MESSAGE_BYTES, Transaction
+from recstream.stream.producer import EventProducer
+from recstream.stream.registry import ModelRegistry
+from recstream.stream.settings import Settings
+from recstream.stream.storage import ensure_buckets, make_client
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +110,7 @@ def test_updater_skips_poison_records_and_malformed_registry_events(
 ) -> None:
     from saved_models import build_version
 
-    from updater.service import UpdaterService
+    from recstream.updater.service import UpdaterService
 
     model = f"poison-{uuid.uuid4().hex[:8]}"
     topic = create_topic(settings.kafka_bootstrap, f"model-updates-{model}", partitions=1)

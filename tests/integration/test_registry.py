@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from stream.contracts.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
-from stream.registry import ModelRegistry
-from stream.settings import Settings
-from stream.storage import make_client
+from recstream.stream.contracts.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
+from recstream.stream.registry import ModelRegistry
+from recstream.stream.settings import Settings
+from recstream.stream.storage import make_client
 
 pytestmark = pytest.mark.integration
 

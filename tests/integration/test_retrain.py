@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from ingest_helpers import Worker, stored_rows, wait_for
 
-from retrain.job import NotEnoughData, retrain_once
-from retrain.steps import data_step, publish_step, train_step
-from stream.contracts.model_events import ACTIVATED, ModelEvent, parse_model_event
-from stream.produce import produce_file
-from stream.producer import EventProducer
-from stream.registry import ModelRegistry
-from stream.settings import Settings
-from stream.storage import ensure_buckets, make_client
+from recstream.retrain.job import NotEnoughData, retrain_once
+from recstream.retrain.steps import data_step, publish_step, train_step
+from recstream.stream.contracts.model_events import ACTIVATED, ModelEvent, parse_model_event
+from recstream.stream.produce import produce_file
+from recstream.stream.producer import EventProducer
+from recstream.stream.registry import ModelRegistry
+from recstream.stream.settings import Settings
+from recstream.stream.storage import ensure_buckets, make_client
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +133,7 @@ def test_stream_to_versions_gate_and_warm_start(
     # The updater would activate it; the next run warm-starts from the active version.
     registry.record(ModelEvent(ACTIVATED, s.model_name, 1))
 
-    from retrain import cf_model as model
+    from recstream.retrain import cf_model as model
 
     # Untrained, and shaped differently so nothing is warm-started: worse than popularity.
     worse = retrain_once(s, params=dataclasses.replace(model.Params(), epochs=0, hidden=8))

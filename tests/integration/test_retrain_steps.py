@@ -20,21 +20,28 @@ from pathlib import Path
 
 import pytest
 
-from ingest.batches import Batch
-from ingest.landing import Backoff, Lander
-from retrain import cf_model
-from retrain.dataset import read_seed
-from retrain.job import NotEnoughData, retrain_once
-from retrain.steps import OUTCOME, MissingStepOutput, RunObjects, data_step, publish_step, train_step
-from stream.contracts.model_events import ACTIVATED, REJECTED, ModelEvent, parse_model_event
-from stream.contracts.records import Transaction
-from stream.registry import ModelRegistry
-from stream.settings import Settings
-from stream.storage import ensure_buckets, make_client
+from recstream.ingest.batches import Batch
+from recstream.ingest.landing import Backoff, Lander
+from recstream.retrain import cf_model
+from recstream.retrain.dataset import read_seed
+from recstream.retrain.job import NotEnoughData, retrain_once
+from recstream.retrain.steps import (
+    OUTCOME,
+    MissingStepOutput,
+    RunObjects,
+    data_step,
+    publish_step,
+    train_step,
+)
+from recstream.stream.contracts.model_events import ACTIVATED, REJECTED, ModelEvent, parse_model_event
+from recstream.stream.contracts.records import Transaction
+from recstream.stream.registry import ModelRegistry
+from recstream.stream.settings import Settings
+from recstream.stream.storage import ensure_buckets, make_client
 
 SEED_ROWS = 5000  # customers' baskets: ~17,800 events, ~1,900 held-out users
 PARAMS = dataclasses.replace(cf_model.Params(), epochs=3, hidden=64)
-RECSTREAM = [sys.executable, "-m", "deploy.cli"]
+RECSTREAM = [sys.executable, "-m", "recstream.deploy.cli"]
 
 
 @pytest.fixture
@@ -98,7 +105,7 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 def test_step_misuse_is_one_line(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
-    from deploy.cli import main
+    from recstream.deploy.cli import main
 
     monkeypatch.setenv("RECSTREAM_HOME", "/nonexistent-recstream-home")
     with pytest.raises(SystemExit) as exit_info:

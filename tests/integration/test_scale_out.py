@@ -28,17 +28,17 @@ from kafka.partitioner.default import murmur2
 from kafka_helpers import create_topic, read_json_until_idle
 from modelserver_helpers import Servers
 
-from deploy.console import observe
-from deploy.local.processes import free_port
-from recommender.client import RecommendationClient
-from retrain import cf_model, savedmodel
-from retrain.dataset import Interactions, build_interactions, read_seed
-from stream.contracts.records import Transaction
-from stream.faust_transport import fetched_highwaters
-from stream.producer import EventProducer
-from stream.settings import Settings
-from stream.storage import ensure_buckets, make_client
-from updater.activate import publish_and_activate
+from recstream.deploy.console import observe
+from recstream.deploy.local.processes import free_port
+from recstream.recommender.client import RecommendationClient
+from recstream.retrain import cf_model, savedmodel
+from recstream.retrain.dataset import Interactions, build_interactions, read_seed
+from recstream.stream.contracts.records import Transaction
+from recstream.stream.faust_transport import fetched_highwaters
+from recstream.stream.producer import EventProducer
+from recstream.stream.settings import Settings
+from recstream.stream.storage import ensure_buckets, make_client
+from recstream.updater.activate import publish_and_activate
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ import time
 import pytest
 from control_helpers import scheduler_on_alerts
 
-from stream.contracts.alerts import DriftAlert
-from stream.producer import EventProducer
-from stream.settings import Settings
+from recstream.stream.contracts.alerts import DriftAlert
+from recstream.stream.producer import EventProducer
+from recstream.stream.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -26,18 +26,18 @@ from ingest_helpers import Worker
 from kafka_helpers import create_topic, read_json_until_idle
 from modelserver_helpers import Servers
 
-from deploy.console import observe
-from deploy.local.processes import free_port
-from recommender.client import NoAnswer, RecommendationClient
-from retrain import cf_model, savedmodel
-from retrain.dataset import Interactions, build_interactions, read_seed
-from retrain.job import reference_distributions
-from stream.contracts.alerts import parse_drift_alert
-from stream.contracts.records import Transaction
-from stream.producer import EventProducer
-from stream.settings import Settings
-from updater.activate import publish_and_activate
-from updater.errors import UpdaterError
+from recstream.deploy.console import observe
+from recstream.deploy.local.processes import free_port
+from recstream.recommender.client import NoAnswer, RecommendationClient
+from recstream.retrain import cf_model, savedmodel
+from recstream.retrain.dataset import Interactions, build_interactions, read_seed
+from recstream.retrain.job import reference_distributions
+from recstream.stream.contracts.alerts import parse_drift_alert
+from recstream.stream.contracts.records import Transaction
+from recstream.stream.producer import EventProducer
+from recstream.stream.settings import Settings
+from recstream.updater.activate import publish_and_activate
+from recstream.updater.errors import UpdaterError
 
 pytestmark = pytest.mark.integration
 

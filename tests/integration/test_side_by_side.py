@@ -20,17 +20,17 @@ from pathlib import Path
 import pytest
 from port_helpers import held_port
 
-from deploy.console import observe
-from deploy.local import stack as stack_module
-from deploy.local.processes import free_port, stop_child
-from deploy.local.stack import BROKER, OBJECTSTORE, Stack
-from deploy.local.supervisor import METRICS_PORT, SERVICES, service_ports, services_status
-from stream.settings import ENV_NAMES, FIELDS, load_settings
-from stream.topics import broker_metadata_ok
+from recstream.deploy.console import observe
+from recstream.deploy.local import stack as stack_module
+from recstream.deploy.local.processes import free_port, stop_child
+from recstream.deploy.local.stack import BROKER, OBJECTSTORE, Stack
+from recstream.deploy.local.supervisor import METRICS_PORT, SERVICES, service_ports, services_status
+from recstream.stream.settings import ENV_NAMES, FIELDS, load_settings
+from recstream.stream.topics import broker_metadata_ok
 
 pytestmark = pytest.mark.integration
 
-RECSTREAM = [sys.executable, "-m", "deploy.cli"]
+RECSTREAM = [sys.executable, "-m", "recstream.deploy.cli"]
 START_TIMEOUT_S = 240  # two stacks starting at once on a shared 2-core machine
 
 

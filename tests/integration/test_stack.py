@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.local.processes import StackError, pid_alive
-from deploy.local.stack import Stack
-from deploy.modelserver import rest_healthy
-from stream.net import split_hostport
-from stream.settings import Settings, load_settings, read_env_file
-from stream.topics import existing_topics
+from recstream.deploy.local.processes import StackError, pid_alive
+from recstream.deploy.local.stack import Stack
+from recstream.deploy.modelserver import rest_healthy
+from recstream.stream.net import split_hostport
+from recstream.stream.settings import Settings, load_settings, read_env_file
+from recstream.stream.topics import existing_topics
 
 pytestmark = pytest.mark.integration
 

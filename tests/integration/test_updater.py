@@ -28,20 +28,20 @@ from prometheus_client import REGISTRY
 from saved_models import build_version, corrupt, recommend_request
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from deploy.local.processes import free_port
-from deploy.local.stack import EMPTY_MODEL_CONFIG
-from stream.contracts.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
-from stream.producer import EventProducer
-from stream.registry import ModelRegistry
-from stream.settings import Settings
-from stream.storage import make_client
-from updater.core import Options, Updater, desired_entry
-from updater.errors import NothingToRollBack, RollbackError, Unavailable, UnknownVersion
-from updater.rollback import rollback
-from updater.service import UpdaterService
-from updater.serving import ConfigFile, Target
-from updater.staging import VersionDirs
-from updater.swap import Fleet
+from recstream.deploy.local.processes import free_port
+from recstream.deploy.local.stack import EMPTY_MODEL_CONFIG
+from recstream.stream.contracts.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
+from recstream.stream.producer import EventProducer
+from recstream.stream.registry import ModelRegistry
+from recstream.stream.settings import Settings
+from recstream.stream.storage import make_client
+from recstream.updater.core import Options, Updater, desired_entry
+from recstream.updater.errors import NothingToRollBack, RollbackError, Unavailable, UnknownVersion
+from recstream.updater.rollback import rollback
+from recstream.updater.service import UpdaterService
+from recstream.updater.serving import ConfigFile, Target
+from recstream.updater.staging import VersionDirs
+from recstream.updater.swap import Fleet
 
 pytestmark = pytest.mark.integration
 

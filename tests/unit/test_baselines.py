@@ -6,9 +6,16 @@ import numpy as np
 import pandas as pd
 
 from bench.ordered_log import ordered_log
-from retrain.baselines import EASE, GRUNext, SessionKNN, Transition, evaluate_baselines, recent_items
-from retrain.dataset import build_interactions, temporal_holdout
-from retrain.evaluate import evaluation_set
+from recstream.retrain.baselines import (
+    EASE,
+    GRUNext,
+    SessionKNN,
+    Transition,
+    evaluate_baselines,
+    recent_items,
+)
+from recstream.retrain.dataset import build_interactions, temporal_holdout
+from recstream.retrain.evaluate import evaluation_set
 
 
 def frame(sequences: dict[str, list[str]]) -> pd.DataFrame:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ingest.batches import Batch, DeadLetter
-from stream.contracts.lake import object_name, parse_object_name
-from stream.contracts.records import Transaction
+from recstream.ingest.batches import Batch, DeadLetter
+from recstream.stream.contracts.lake import object_name, parse_object_name
+from recstream.stream.contracts.records import Transaction
 
 DAY = 86400.0
 T0 = 1_790_000_000.0  # 2026-09-21 UTC

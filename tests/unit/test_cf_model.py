@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from retrain import cf_model
-from retrain.baselines import Popularity
-from retrain.dataset import Recency, build_interactions, temporal_holdout
-from retrain.evaluate import evaluate_scores, evaluation_set
+from recstream.retrain import cf_model
+from recstream.retrain.baselines import Popularity
+from recstream.retrain.dataset import Recency, build_interactions, temporal_holdout
+from recstream.retrain.evaluate import evaluate_scores, evaluation_set
 
 SMALL = cf_model.Params(history=4, item_dim=8, user_dim=4, hidden=16, epochs=15, batch=64)
 
@@ -100,7 +100,7 @@ def test_a_version_from_before_the_order_aware_terms_loads_and_warm_starts_them(
 
 
 def test_exported_signatures(tmp_path: Path) -> None:
-    from retrain import savedmodel
+    from recstream.retrain import savedmodel
 
     train = build_interactions(chain_events(200))
     model = cf_model.train(train, SMALL)

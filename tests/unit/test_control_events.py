@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from stream.contracts.alerts import DriftAlert, parse_drift_alert
-from stream.contracts.model_events import MAX_EVENT_BYTES, ModelEvent, parse_model_event
-from stream.contracts.records import InvalidMessage
+from recstream.stream.contracts.alerts import DriftAlert, parse_drift_alert
+from recstream.stream.contracts.model_events import MAX_EVENT_BYTES, ModelEvent, parse_model_event
+from recstream.stream.contracts.records import InvalidMessage
 
 
 def test_model_event_round_trip() -> None:

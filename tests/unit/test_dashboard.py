@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stream.contracts import metrics as metrics_contract
+from recstream.stream.contracts import metrics as metrics_contract
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -426,7 +426,7 @@ def test_labels_in_queries_and_legends_exist(dashboard, series):
 
 
 def test_threshold_lines_match_the_settings_defaults(dashboard):
-    from stream.settings import FIELDS
+    from recstream.stream.settings import FIELDS
 
     defaults = {field.env: field.default for field in FIELDS}
     textboxes = {v["name"]: v for v in dashboard["templating"]["list"] if v["type"] == "textbox"}

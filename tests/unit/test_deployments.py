@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stream.settings import ENV_NAMES, FIELDS, load_settings
+from recstream.stream.settings import ENV_NAMES, FIELDS, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -543,8 +543,8 @@ def test_pipeline_has_the_three_steps_in_order(pipeline):
 def test_pipeline_commands_parse_with_the_cli(pipeline):
     """Each step's container runs a command the real `recstream` parser accepts, once KFP has put the
     run id (`{{$.pipeline_job_uuid}}`, a UUID) in place of the input parameter."""
-    from deploy.cli import build_parser, cmd_retrain
-    from retrain.steps import STEPS as RETRAIN_STEPS
+    from recstream.deploy.cli import build_parser, cmd_retrain
+    from recstream.retrain.steps import STEPS as RETRAIN_STEPS
 
     spec, _ = pipeline
     placeholder = "{{$.inputs.parameters['run_id']}}"

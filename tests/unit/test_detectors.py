@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from river import drift
 
-from recommender import detectors
-from recommender.detectors import ADWIN, PageHinkley
-from recommender.drift import DriftConfig
-from stream.settings import DRIFT_DETECTORS, SettingsError, default_settings, load_settings
+from recstream.recommender import detectors
+from recstream.recommender.detectors import ADWIN, PageHinkley
+from recstream.recommender.drift import DriftConfig
+from recstream.stream.settings import DRIFT_DETECTORS, SettingsError, default_settings, load_settings
 
 
 def test_the_docstring_examples_run() -> None:

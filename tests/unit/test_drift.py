@@ -8,9 +8,9 @@ import itertools
 import numpy as np
 import pytest
 
-from recommender.detectors import ADWIN, PageHinkley
-from recommender.drift import Alarm, DriftConfig, DriftMonitor, Reference, popularity_bins, psi
-from stream.settings import default_settings, load_settings
+from recstream.recommender.detectors import ADWIN, PageHinkley
+from recstream.recommender.drift import Alarm, DriftConfig, DriftMonitor, Reference, popularity_bins, psi
+from recstream.stream.settings import default_settings, load_settings
 
 ITEMS = [f"i{n}" for n in range(300)]
 SHARES = np.arange(300, 0, -1, dtype=float) / np.arange(300, 0, -1).sum()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from stream.faust_app import create_app
-from stream.faust_transport import Transport
-from stream.settings import load_settings
+from recstream.stream.faust_app import create_app
+from recstream.stream.faust_transport import Transport
+from recstream.stream.settings import load_settings
 
 
 def test_group_timeouts_and_loopback_defaults(tmp_path) -> None:

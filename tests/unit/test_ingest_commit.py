@@ -6,7 +6,7 @@ import asyncio
 from collections import namedtuple
 from types import SimpleNamespace
 
-from ingest.worker import IngestWorker
+from recstream.ingest.worker import IngestWorker
 
 TP = namedtuple("TP", "topic partition")("transactions", 1)
 

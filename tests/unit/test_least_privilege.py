@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from stream.registry import ModelRegistry
-from stream.settings import SettingsError, load_settings
-from stream.storage import UnsafeObjectKey, contained_path
-from updater.validate import child_env
+from recstream.stream.registry import ModelRegistry
+from recstream.stream.settings import SettingsError, load_settings
+from recstream.stream.storage import UnsafeObjectKey, contained_path
+from recstream.updater.validate import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -138,7 +138,7 @@ class _Listing:
 
 @pytest.mark.parametrize("bad", ["../../escape.txt", "/tmp/escape.txt", "a//b", "variables/../../escape.txt"])
 def test_downloads_refuse_a_bad_key_before_writing_anything(tmp_path: Path, bad: str) -> None:
-    from retrain.steps import RunObjects
+    from recstream.retrain.steps import RunObjects
 
     client = _Listing(["m/2/metadata.json", "m/2/saved_model.pb", f"m/2/{bad}"])
     registry = ModelRegistry(client, "models", "m")  # type: ignore[arg-type]
@@ -157,8 +157,8 @@ def test_downloads_refuse_a_bad_key_before_writing_anything(tmp_path: Path, bad:
 
 def test_the_updater_rejects_a_version_whose_keys_leave_its_directory(tmp_path: Path) -> None:
     """A refused key is a rejection of the version (SwapFailed), not an error retried forever."""
-    from updater.core import Updater
-    from updater.errors import SwapFailed
+    from recstream.updater.core import Updater
+    from recstream.updater.errors import SwapFailed
 
     client = _Listing([f"m/2/{name}" for name in ("metadata.json", "saved_model.pb", "../../../escape.txt")])
     updater = Updater.__new__(Updater)  # only the download step: no servers needed

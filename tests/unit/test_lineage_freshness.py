@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 from prometheus_client import REGISTRY
 
-from deploy.console.observe import median_purchase_to_served
-from deploy.console.tables import format_history
-from retrain import lineage
-from stream.contracts.metadata import newest_event_ts
-from stream.contracts.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
-from stream.registry import RegistryState, version_history
-from updater import metrics
+from recstream.deploy.console.observe import median_purchase_to_served
+from recstream.deploy.console.tables import format_history
+from recstream.retrain import lineage
+from recstream.stream.contracts.metadata import newest_event_ts
+from recstream.stream.contracts.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
+from recstream.stream.registry import RegistryState, version_history
+from recstream.updater import metrics
 
 
 def test_offset_ranges_are_sorted_disjoint_runs() -> None:

@@ -11,9 +11,9 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from deploy.modelserver import dtypes, rest_json
-from deploy.modelserver.config import VersionPolicy, from_proto, list_versions, read_config_file
-from deploy.modelserver.errors import ServingError
+from recstream.deploy.modelserver import dtypes, rest_json
+from recstream.deploy.modelserver.config import VersionPolicy, from_proto, list_versions, read_config_file
+from recstream.deploy.modelserver.errors import ServingError
 
 STRING, INT32, FLOAT = dtypes.DT_STRING, dtypes.DT_INT32, dtypes.DT_FLOAT
 

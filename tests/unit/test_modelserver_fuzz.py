@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from deploy.modelserver import dtypes, rest_json, tensors
-from deploy.modelserver.errors import ServingError
-from deploy.modelserver.limits import MAX_RANK, Limits
-from deploy.modelserver.servable import Servable
+from recstream.deploy.modelserver import dtypes, rest_json, tensors
+from recstream.deploy.modelserver.errors import ServingError
+from recstream.deploy.modelserver.limits import MAX_RANK, Limits
+from recstream.deploy.modelserver.servable import Servable
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LIMITS = Limits(max_grpc_message_bytes=1 << 16, max_batch=64, max_string_bytes=256)

@@ -6,14 +6,14 @@ import random
 import sys
 from pathlib import Path
 
-from deploy.local.processes import free_port
-from deploy.modelserver import command, rest_healthy
-from deploy.modelserver.server import parse_args
+from recstream.deploy.local.processes import free_port
+from recstream.deploy.modelserver import command, rest_healthy
+from recstream.deploy.modelserver.server import parse_args
 
 
 def test_command_line_is_what_the_server_parses(tmp_path: Path) -> None:
     argv, env = command(tmp_path / "models" / "recommender", "recommender", 18500, 18501)
-    assert argv[:3] == [sys.executable, "-m", "deploy.modelserver"]
+    assert argv[:3] == [sys.executable, "-m", "recstream.deploy.modelserver"]
     args = parse_args(argv[3:])
     assert (args.model_name, args.model_base_path) == (
         "recommender",

@@ -9,11 +9,11 @@ import pytest
 from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from deploy.modelserver import command, dtypes, tensors
-from deploy.modelserver.errors import ServingError
-from deploy.modelserver.limits import Limits
-from deploy.modelserver.server import _LIMIT_FLAGS, _limit_defaults, parse_args
-from stream.settings import FIELDS, load_settings
+from recstream.deploy.modelserver import command, dtypes, tensors
+from recstream.deploy.modelserver.errors import ServingError
+from recstream.deploy.modelserver.limits import Limits
+from recstream.deploy.modelserver.server import _LIMIT_FLAGS, _limit_defaults, parse_args
+from recstream.stream.settings import FIELDS, load_settings
 
 LIMITS = Limits(max_batch=16, max_string_bytes=100, max_grpc_message_bytes=1 << 16)
 STRING, INT32, FLOAT = dtypes.DT_STRING, dtypes.DT_INT32, dtypes.DT_FLOAT

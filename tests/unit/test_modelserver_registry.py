@@ -13,9 +13,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from deploy.modelserver.config import ModelConfig, VersionPolicy
-from deploy.modelserver.errors import ServingError
-from deploy.modelserver.registry import Options, Registry, State, Status
+from recstream.deploy.modelserver.config import ModelConfig, VersionPolicy
+from recstream.deploy.modelserver.errors import ServingError
+from recstream.deploy.modelserver.registry import Options, Registry, State, Status
 
 DEADLINE_S = 10.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -436,8 +436,8 @@ def test_stop_does_not_wait_for_a_load_in_progress() -> None:
     script = textwrap.dedent(
         """
         import logging, threading, time
-        from deploy.modelserver.config import ModelConfig
-        from deploy.modelserver.registry import Options, Registry
+        from recstream.deploy.modelserver.config import ModelConfig
+        from recstream.deploy.modelserver.registry import Options, Registry
 
         logging.basicConfig()
         loading = threading.Event()

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from deploy.modelserver.limits import Limits
-from deploy.modelserver.rest_api import RestServer
+from recstream.deploy.modelserver.limits import Limits
+from recstream.deploy.modelserver.rest_api import RestServer
 
 LIMITS = Limits(max_rest_body_bytes=1000, rest_timeout_s=3.0, rest_workers=1)
 SECRET = "/srv/secret/path of the failure"
@@ -121,7 +121,7 @@ def test_an_internal_failure_is_500_internal_error_and_logged(
     rest: RestServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     body = b'{"inputs": [1]}'
-    with connect(rest) as sock, caplog.at_level(logging.ERROR, "deploy.modelserver.rest_api"):
+    with connect(rest) as sock, caplog.at_level(logging.ERROR, "recstream.deploy.modelserver.rest_api"):
         head = f"POST /v1/models/m:predict HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         status, _, answer = exchange(sock, head + body)
     assert (status, json.loads(answer)) == (500, {"error": "internal error"})

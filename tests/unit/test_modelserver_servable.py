@@ -6,7 +6,7 @@ from pathlib import Path
 
 from saved_models import build_model
 
-from deploy.modelserver.servable import Servable
+from recstream.deploy.modelserver.servable import Servable
 
 
 def test_wait_idle_gives_up_after_its_timeout_while_a_request_holds_the_version(tmp_path: Path) -> None:

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retrain import cf_model, job
-from retrain.dataset import Interactions, Recency, build_interactions, recent_test, temporal_holdout
-from retrain.job import RECENT_MIN_USERS, gate, recency_plan
-from retrain.scheduler import RetrainScheduler, drift_start
-from stream.contracts.alerts import DriftAlert
-from stream.settings import load_settings
+from recstream.retrain import cf_model, job
+from recstream.retrain.dataset import Interactions, Recency, build_interactions, recent_test, temporal_holdout
+from recstream.retrain.job import RECENT_MIN_USERS, gate, recency_plan
+from recstream.retrain.scheduler import RetrainScheduler, drift_start
+from recstream.stream.contracts.alerts import DriftAlert
+from recstream.stream.settings import load_settings
 
 
 def frame_of(rows: list[tuple[str, str, float]]) -> pd.DataFrame:
@@ -140,7 +140,7 @@ def test_the_gate_follows_the_recent_holdout_not_the_whole_one(
 
 
 def test_retrain_takes_a_drift_start_one_shot_and_in_the_data_step_only() -> None:
-    from deploy.cli import build_parser
+    from recstream.deploy.cli import build_parser
 
     args = build_parser().parse_args(["retrain", "--step", "data", "--run-id", "r1", "--drift-from", "1.5e9"])
     assert args.drift_from == 1.5e9

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from deploy.cli import main
-from deploy.console import report
-from deploy.console.timeline import load_run
+from recstream.deploy.cli import main
+from recstream.deploy.console import report
+from recstream.deploy.console.timeline import load_run
 
 START = 1_790_000_000.0
 THRESHOLDS = {

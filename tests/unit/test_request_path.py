@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from recommender.request_path import RequestPath
-from stream.settings import load_settings
+from recstream.recommender.request_path import RequestPath
+from recstream.stream.settings import load_settings
 
 
 class Commits:

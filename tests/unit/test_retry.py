@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from stream import retry
-from stream.consumers import options
-from stream.settings import Settings, SettingsError, load_settings
+from recstream.stream import retry
+from recstream.stream.consumers import options
+from recstream.stream.settings import Settings, SettingsError, load_settings
 
 FAST = retry.Policy(0.001, 0.004)  # the real policies' shape, with delays a test does not wait for
 

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 from test_cf_model import SMALL, chain_events
 
-from retrain import cf_model, savedmodel
-from retrain.dataset import build_interactions
-from stream.contracts.signatures import RECOMMEND, RECOMMEND_HISTORY
+from recstream.retrain import cf_model, savedmodel
+from recstream.retrain.dataset import build_interactions
+from recstream.stream.contracts.signatures import RECOMMEND, RECOMMEND_HISTORY
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from retrain.scheduler import MAX_BOOSTED_RUNS, RetrainScheduler
-from stream.contracts.alerts import DriftAlert
+from recstream.retrain.scheduler import MAX_BOOSTED_RUNS, RetrainScheduler
+from recstream.stream.contracts.alerts import DriftAlert
 
 ALERT = DriftAlert("concept", "page_hinkley", 3.0, 1.0, model_version=1)
 
@@ -173,9 +173,9 @@ def test_a_drift_run_settles_first_and_an_interval_run_does_not(make_scheduler) 
 
 
 def test_an_abandoned_run_is_counted_as_such_and_asks_for_no_follow_up(make_scheduler, caplog) -> None:
-    from retrain.scheduler import Abandoned
+    from recstream.retrain.scheduler import Abandoned
 
-    caplog.set_level("INFO", logger="retrain.scheduler")
+    caplog.set_level("INFO", logger="recstream.retrain.scheduler")
     release = threading.Event()
     calls: list[int] = []
 

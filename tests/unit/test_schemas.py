@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from stream.contracts.lake import event_date
-from stream.contracts.records import (
+from recstream.stream.contracts.lake import event_date
+from recstream.stream.contracts.records import (
     DEFAULT_K,
     MAX_MESSAGE_BYTES,
     MAX_TS,

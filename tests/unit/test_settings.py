@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.settings import (
+from recstream.stream.settings import (
     ENV_NAMES,
     FIELDS,
     LOCAL_SECRET_KEY,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.contracts.records import Transaction
-from stream.sources import Rejected, SourceError, detect_format, read_events
+from recstream.stream.contracts.records import Transaction
+from recstream.stream.sources import Rejected, SourceError, detect_format, read_events
 
 SEED_FILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "transactions.csv"
 NOW = 1_700_000_000.0

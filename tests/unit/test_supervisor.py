@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from port_helpers import held_port
 
-from deploy import cli
-from deploy.console import observe
-from deploy.local.processes import StackError, free_port, pid_alive
-from deploy.local.supervisor import (
+from recstream.deploy import cli
+from recstream.deploy.console import observe
+from recstream.deploy.local.processes import StackError, free_port, pid_alive
+from recstream.deploy.local.supervisor import (
     METRICS_PORT,
     SERVICE_PORTS,
     SERVICES,
@@ -22,7 +22,7 @@ from deploy.local.supervisor import (
     read_state,
     service_ports,
 )
-from stream.settings import ENV_NAMES, FIELDS, load_settings
+from recstream.stream.settings import ENV_NAMES, FIELDS, load_settings
 
 
 def _settings(home: Path):

@@ -6,9 +6,9 @@ import itertools
 import json
 from pathlib import Path
 
-from deploy.console import timeline
-from deploy.console.observe import Snapshot
-from stream.settings import load_settings
+from recstream.deploy.console import timeline
+from recstream.deploy.console.observe import Snapshot
+from recstream.stream.settings import load_settings
 
 START = 1_790_000_000.0
 

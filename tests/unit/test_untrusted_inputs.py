@@ -18,10 +18,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.contracts.alerts import KINDS, parse_drift_alert
-from stream.contracts.lake import event_date
-from stream.contracts.model_events import EVENTS, MAX_VERSION, parse_model_event
-from stream.contracts.records import (
+from recstream.stream.contracts.alerts import KINDS, parse_drift_alert
+from recstream.stream.contracts.lake import event_date
+from recstream.stream.contracts.model_events import EVENTS, MAX_VERSION, parse_model_event
+from recstream.stream.contracts.records import (
     MAX_ID_LENGTH,
     MAX_K,
     MAX_QUANTITY,
@@ -30,7 +30,7 @@ from stream.contracts.records import (
     parse_request,
     parse_transaction,
 )
-from stream.registry import ModelRegistry
+from recstream.stream.registry import ModelRegistry
 
 PROPERTY = settings(max_examples=300, deadline=None)
 

@@ -9,15 +9,15 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from deploy.modelserver.config import read_config_file
-from stream.contracts.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
-from stream.registry import RegistryState
-from stream.settings import load_settings
-from updater.core import Options, desired_entry, ever_activated, pending
-from updater.errors import Busy
-from updater.locks import file_lock
-from updater.serving import ConfigFile, Entry
-from updater.staging import VersionDirs
+from recstream.deploy.modelserver.config import read_config_file
+from recstream.stream.contracts.model_events import ACTIVATED, PUBLISHED, REJECTED, ROLLED_BACK, ModelEvent
+from recstream.stream.registry import RegistryState
+from recstream.stream.settings import load_settings
+from recstream.updater.core import Options, desired_entry, ever_activated, pending
+from recstream.updater.errors import Busy
+from recstream.updater.locks import file_lock
+from recstream.updater.serving import ConfigFile, Entry
+from recstream.updater.staging import VersionDirs
 
 
 def test_entries_replace_only_our_model_and_keep_the_others(tmp_path: Path) -> None:

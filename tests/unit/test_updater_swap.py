@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from updater.core import desired_entry
-from updater.errors import SwapFailed, Unavailable
-from updater.serving import ConfigFile, Entry, entry_of
-from updater.swap import Fleet
+from recstream.updater.core import desired_entry
+from recstream.updater.errors import SwapFailed, Unavailable
+from recstream.updater.serving import ConfigFile, Entry, entry_of
+from recstream.updater.swap import Fleet
 
 MODEL = "rec"
 

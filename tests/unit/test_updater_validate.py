@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from saved_models import build_version, corrupt
 
-from updater.validate import Invalid, check, validate
+from recstream.updater.validate import Invalid, check, validate
 
 
 @pytest.fixture(scope="module")
