@@ -137,6 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="train again from exactly that version's records, window, parent and parameters into a "
         "new version, and show both versions' metrics side by side",
     )
+    retrain.add_argument(
+        "--tune",
+        action="store_true",
+        help="first try a few training settings (learning rate, dropout, table penalty) on the "
+        "training data's own validation split, then train the best; metadata.json 'tuning' says "
+        "what was tried (one-shot or --step train)",
+    )
+    retrain.add_argument(
+        "--tune-budget",
+        type=_arg(positive_float),
+        metavar="SECONDS",
+        help="with --tune: start no trial that, with the final training after it, would overrun "
+        "this (the default configuration is always tried)",
+    )
     retrain.set_defaults(func=cmd_retrain, usage_error=retrain.error)
 
     versions = sub.add_parser("versions", help="every version: window, offsets, metrics, status, lineage")
@@ -417,8 +431,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         args.usage_error("--run-id needs --step (data, train or publish)")
     if args.drift_from is not None and args.step not in (None, "data"):
         args.usage_error("--drift-from goes with one-shot retrain or --step data (the later steps follow it)")
-    if args.rebuild is not None and (args.step is not None or args.drift_from is not None):
+    if args.rebuild is not None and (args.step is not None or args.drift_from is not None or args.tune):
         args.usage_error("--rebuild goes alone: it reuses the version's own window, drift and parameters")
+    if args.tune and args.step not in (None, "train"):
+        args.usage_error("--tune goes with one-shot retrain or --step train (the step that trains)")
+    if args.tune_budget is not None and not args.tune:
+        args.usage_error("--tune-budget goes with --tune")
     settings = _settings(args)
     if args.step in (None, "publish"):  # the steps before publish announce nothing
         settings.require("kafka_bootstrap")
@@ -426,6 +444,11 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
 
     progress = tables.epoch_printer(console)
+    tune = None
+    if args.tune:
+        from recstream.retrain.job import TuneRequest
+
+        tune = TuneRequest(args.tune_budget, settings.retrain_min_users, tables.trial_printer(console))
 
     if args.step == "data":
         from recstream.retrain.steps import data_step
@@ -441,7 +464,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         from recstream.retrain.steps import train_step
 
         console.print(f"run {args.run_id}: training", highlight=False)
-        trained = train_step(settings, args.run_id, progress=progress)
+        trained = train_step(settings, args.run_id, progress=progress, tune=tune)
         candidate = trained.candidate
         Console().print(
             tables.metrics_table(f"{settings.model_name} run {trained.run_id}: candidate", candidate.metrics)
@@ -470,7 +493,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     else:
         from recstream.retrain.job import retrain_once
 
-        outcome = retrain_once(settings, progress=progress, drift_from=args.drift_from)
+        outcome = retrain_once(settings, progress=progress, drift_from=args.drift_from, tune=tune)
     Console().print(
         tables.metrics_table(
             f"{settings.model_name} version {outcome.version}: {outcome.event}", outcome.metrics

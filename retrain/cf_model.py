@@ -81,6 +81,10 @@ class Params:
         return int(min(self.batch, max(32, examples // 100)))
 
 
+# How a model is trained, not its shape: a child may change them and still warm-start from its
+# parent (and `retrain --tune` varies only these).
+TRAINING_SETTINGS = ("epochs", "validation", "patience", "dropout", "learning_rate", "table_l2")
+
 # The order-aware terms and their values in versions exported before them (absent from their
 # params): those load as they were trained, and warm-start a child that has the terms, which
 # start neutral (zero tables, position weights at decay**i).
@@ -325,12 +329,7 @@ def train(
     if parent is not None:
         same_shape = replace(
             params,
-            epochs=parent.params.epochs,
-            validation=parent.params.validation,
-            patience=parent.params.patience,
-            dropout=parent.params.dropout,  # training settings, not shapes
-            learning_rate=parent.params.learning_rate,
-            table_l2=parent.params.table_l2,
+            **{name: getattr(parent.params, name) for name in TRAINING_SETTINGS},
             **{  # a term the parent lacks starts neutral in the child: the parent's function is kept
                 name: getattr(parent.params, name)
                 for name, off in LEGACY.items()

@@ -50,6 +50,7 @@ from recstream.retrain.lineage import (
     of_candidate,
     training_lineage,
 )
+from recstream.retrain.tune import OnTrial, search
 from recstream.stream.contracts.metadata import METADATA, DriftReference
 from recstream.stream.contracts.model_events import PUBLISHED, REJECTED, ModelEvent
 from recstream.stream.errors import RecstreamError
@@ -104,6 +105,15 @@ class Candidate:
     seconds: dict[str, float]
     summary: dict[str, Any]
     trained: Any = None
+
+
+@dataclass(frozen=True)
+class TuneRequest:
+    """`retrain --tune`: search the parameters (retrain.tune) within `budget_s` (None: every trial)."""
+
+    budget_s: float | None = None
+    min_users: int = 1  # fewest users to validate on (RETRAIN_MIN_USERS)
+    on_trial: OnTrial | None = None
 
 
 @dataclass(frozen=True)
@@ -188,11 +198,14 @@ def train_candidate(
     parent: tuple[int, Any] | None,
     progress: Progress | None = None,
     params: Any = None,
+    tune: TuneRequest | None = None,
 ) -> Candidate:
     """Train (warm-started from `parent` = (version, Trained)) and evaluate on the holdout.
 
     The gate's figures (`metrics`) are on the recent holdout; `summary["holdouts"]` has both
-    holdouts' figures ("recent", "whole"), with the serving fallback's.
+    holdouts' figures ("recent", "whole"), with the serving fallback's. With `tune`, the
+    parameters are the best of a few tried on the training events' own validation split
+    (retrain.tune), and `summary["tuning"]` says what was tried.
     """
     from recstream.retrain import cf_model as model
 
@@ -215,6 +228,19 @@ def train_candidate(
     prepared_at = time.monotonic()
     params = params if params is not None else model.Params()
     determinism = deterministic_training()
+    tuning = None
+    if tune is not None:
+        tuning = search(
+            holdout.train,
+            params,
+            parent_model,
+            recency,
+            tune.budget_s,
+            tune.min_users,
+            on_trial=tune.on_trial,
+        )
+        params = tuning.chosen
+    tuned_at = time.monotonic()
     trained = model.train(train, params, parent=parent_model, progress=progress, recency=recency)
     trained_at = time.monotonic()
     popularity = Popularity().fit(train)
@@ -238,7 +264,8 @@ def train_candidate(
     seconds = {
         **prepared.seconds,
         "prepare": round(prepared_at - started, 2),
-        "train": round(trained_at - prepared_at, 2),
+        **({"tune": round(tuned_at - prepared_at, 2)} if tuning is not None else {}),
+        "train": round(trained_at - tuned_at, 2),
         "evaluate": round(time.monotonic() - trained_at, 2),
     }
     summary = {
@@ -252,6 +279,7 @@ def train_candidate(
             "items": train.n_items,
         },
         "parameters": params.as_dict(),
+        **({"tuning": tuning.as_dict()} if tuning is not None else {}),
         "reference": reference_distributions(train),
         "holdouts": holdouts,
         "lineage": {**training_lineage(), "determinism": determinism},
@@ -265,9 +293,10 @@ def train_and_evaluate(
     workdir: Path,
     progress: Progress | None = None,
     params: Any = None,
+    tune: TuneRequest | None = None,
 ) -> Candidate:
     """Step 2 (train): warm-start from the active version (if any), train, evaluate."""
-    return train_candidate(prepared, load_active(registry, workdir), progress, params)
+    return train_candidate(prepared, load_active(registry, workdir), progress, params, tune)
 
 
 def _parent_metrics(parent: Any, train: Interactions, evalset: EvalSet) -> Metrics:
@@ -409,12 +438,16 @@ def publish(
 
 
 def retrain_once(
-    settings: Settings, progress: Progress | None = None, params: Any = None, drift_from: float | None = None
+    settings: Settings,
+    progress: Progress | None = None,
+    params: Any = None,
+    drift_from: float | None = None,
+    tune: TuneRequest | None = None,
 ) -> Outcome:
     """One retrain now (`params`: retrain.cf_model.Params, default ones when None): the three
     steps in this process. `drift_from`: the event-time start of the concept drift that
     triggered it (the purchases since then weigh at least RETRAIN_DRIFT_SHARE, and the gate
-    judges them).
+    judges them). `tune`: try a few parameters first (retrain.tune) and train the best.
 
     Raises NotEnoughData when the window is too small to train and judge a model.
     """
@@ -424,7 +457,7 @@ def retrain_once(
     with tempfile.TemporaryDirectory(prefix="recstream-retrain-") as tmp:
         workdir = Path(tmp)
         prepared = prepare_data(settings, drift_from=drift_from)
-        candidate = train_and_evaluate(prepared, registry, workdir, progress, params)
+        candidate = train_and_evaluate(prepared, registry, workdir, progress, params, tune)
         return publish(settings, registry, candidate, workdir)
 
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from minio import Minio
 
-    from recstream.retrain.job import Candidate, Outcome, Prepared, Progress
+    from recstream.retrain.job import Candidate, Outcome, Prepared, Progress, TuneRequest
     from recstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,11 @@ class TrainReport:
 
 
 def train_step(
-    settings: Settings, run_id: str, progress: Progress | None = None, params: Any = None
+    settings: Settings,
+    run_id: str,
+    progress: Progress | None = None,
+    params: Any = None,
+    tune: TuneRequest | None = None,
 ) -> TrainReport:
     """Train and evaluate on the data step's split; export the candidate under the run's prefix."""
     from recstream.retrain import savedmodel as export
@@ -212,7 +216,7 @@ def train_step(
     registry = ModelRegistry(run.client, settings.models_bucket, settings.model_name)
     with tempfile.TemporaryDirectory(prefix="recstream-train-") as tmp:
         workdir = Path(tmp)
-        candidate = train_and_evaluate(prepared, registry, workdir, progress, params)
+        candidate = train_and_evaluate(prepared, registry, workdir, progress, params, tune)
         started = time.monotonic()
         version = registry.next_version()  # most likely publish's number: then its export is reused
         directory = export.export(

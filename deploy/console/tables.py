@@ -25,6 +25,21 @@ def epoch_printer(console: Console) -> Callable[[int, int, dict[str, float]], No
     return progress
 
 
+def trial_printer(console: Console) -> Callable[[int, int, Any, bool], None]:
+    """`retrain --tune`'s progress: one line per trial (a retrain.tune.Trial) as it ends."""
+
+    def on_trial(index: int, trials: int, trial: Any, best: bool) -> None:
+        changes = ", ".join(f"{name}={value}" for name, value in trial.changes.items()) or "defaults"
+        console.print(
+            f"trial {index}/{trials} ({changes}): validation HR@10 {trial.hr:.4f} NDCG@10 {trial.ndcg:.4f}, "
+            f"{trial.epochs} epochs in {trial.seconds:.1f}s" + ("  <- best so far" if best else ""),
+            highlight=False,
+            soft_wrap=True,  # one line per trial, whatever the terminal's width
+        )
+
+    return on_trial
+
+
 def metrics_table(title: str, metrics: dict[str, dict[str, Any]]) -> Table:
     """HR@10, NDCG@10, coverage and users of each model on one holdout."""
     table = Table(title=title)

@@ -5,6 +5,8 @@ Top-level keys (all written by retrain.job.metadata):
 - `model`, `version`, `created` (epoch s), `parent_version` (int or null)
 - `metrics`: the gate's holdout, `{"candidate"|"active"|"popularity": {"hr", "ndcg", "k", ...}}`
 - `window`: the training window (`first_ts`, `last_ts`, ...), `parameters`, `seconds`, `holdouts`
+- `tuning` (only with `retrain --tune`): the trials, their validation figures and the one chosen
+  (retrain.tune.Tuning); `parameters` are then the chosen ones
 - `reference`: the training data's distributions the drift tracker compares live traffic with
   (`DriftReference`)
 - `lineage`: what the version learnt from (retrain.lineage), `newest_event_ts` among it

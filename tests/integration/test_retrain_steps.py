@@ -33,6 +33,7 @@ from recstream.retrain.steps import (
     publish_step,
     train_step,
 )
+from recstream.retrain.tune import TRIALS
 from recstream.stream.contracts.model_events import ACTIVATED, REJECTED, ModelEvent, parse_model_event
 from recstream.stream.contracts.records import Transaction
 from recstream.stream.registry import ModelRegistry
@@ -81,7 +82,7 @@ def stamp(version_dir: Path) -> int:
     return int(out["model_version"].numpy())
 
 
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "RECSTREAM_HOME": str(settings.home),
@@ -90,7 +91,7 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         "MODEL_NAME": settings.model_name,
         "RETRAIN_MIN_USERS": str(settings.retrain_min_users),
     }
-    return subprocess.run(RECSTREAM + list(args), env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(RECSTREAM + list(args), env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize(
@@ -100,6 +101,13 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         (["--run-id", "abc"], "--run-id needs --step"),
         (["--step", "deploy", "--run-id", "abc"], "invalid choice: 'deploy'"),
         (["--step", "data", "--run-id", "../other-model"], "is not a run id"),
+        (
+            ["--tune", "--step", "data", "--run-id", "abc"],
+            "--tune goes with one-shot retrain or --step train",
+        ),
+        (["--tune-budget", "60"], "--tune-budget goes with --tune"),
+        (["--tune", "--tune-budget", "0"], "--tune-budget"),
+        (["--tune", "--rebuild", "3"], "--rebuild goes alone"),
     ],
 )
 def test_step_misuse_is_one_line(
@@ -217,3 +225,30 @@ def read_updates(settings: Settings) -> list[bytes]:
         for r in read_all(settings.kafka_bootstrap, settings.model_updates_topic, 10_000, timeout_s=5)
         if json.loads(r.value).get("model") == settings.model_name
     ]
+
+
+@pytest.mark.integration
+def test_the_train_step_tunes_on_the_validation_split(
+    step_settings: Settings, seed_file: Path, tmp_path: Path
+) -> None:
+    """`--tune` tries every configuration, keeps the best on validation, and says so in metadata.json."""
+    s = step_settings
+    land_seed(s, seed_file, SEED_ROWS, tmp_path)
+    run_id = f"run-{uuid.uuid4()}"
+    data_step(s, run_id)
+    tuned = cli(s, "retrain", "--step", "train", "--run-id", run_id, "--tune", timeout=900)
+    assert tuned.returncode == 0, tuned.stderr
+    lines = [line for line in tuned.stderr.splitlines() if line.startswith("trial ")]
+    assert len(lines) == len(TRIALS) and lines[0].startswith(
+        f"trial 1/{len(TRIALS)} (defaults): validation HR@10"
+    )
+
+    meta = RunObjects.of(s, run_id).get_json("candidate/metadata.json")
+    tuning = meta["tuning"]
+    assert [t["changes"] for t in tuning["trials"]] == list(TRIALS) and tuning["skipped"] == 0
+    assert all(0 < t["hr"] <= 1 and t["epochs"] >= 1 for t in tuning["trials"])
+    best = max(range(len(TRIALS)), key=lambda i: (tuning["trials"][i]["hr"], tuning["trials"][i]["ndcg"]))
+    assert tuning["chosen"] == TRIALS[best] and lines[best].endswith("<- best so far")
+    assert meta["parameters"] == dataclasses.replace(cf_model.Params(), **TRIALS[best]).as_dict()
+    assert tuning["validation_users"] >= s.retrain_min_users and tuning["budget_s"] is None
+    assert {"tune", "train"} <= set(meta["seconds"])
