@@ -32,14 +32,16 @@ class Batch:
     first: int | None = None
     last: int | None = None
     started: float = field(default_factory=time.monotonic)
+    updated: float = field(default_factory=time.monotonic)  # when the last record was added
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.dead)
 
     def _track(self, offset: int) -> None:
+        self.updated = time.monotonic()
         if self.first is None:
             self.first = offset
-            self.started = time.monotonic()
+            self.started = self.updated
         self.last = offset
 
     def add(self, offset: int, event: Transaction) -> None:
@@ -50,15 +52,25 @@ class Batch:
         self._track(letter.offset)
         self.dead.append(letter)
 
-    def due(self, max_events: int, max_age_s: float, boundary: int | None, now: float | None = None) -> bool:
-        """Flush at the size or age limit, or exactly at a boundary left by an unfinished earlier flush."""
+    def due(
+        self,
+        max_events: int,
+        max_age_s: float,
+        boundary: int | None,
+        now: float | None = None,
+        idle_s: float | None = None,
+    ) -> bool:
+        """Flush at the size or age limit, once idle for `idle_s` (the end of a burst need not wait
+        for the age limit), or exactly at a boundary left by an unfinished earlier flush."""
         if self.first is None:
             return False
         if boundary is not None and self.first <= boundary:
             return self.last is not None and self.last >= boundary
+        now = now if now is not None else time.monotonic()
         return (
             len(self) >= max_events
-            or (now if now is not None else time.monotonic()) - self.started >= max_age_s
+            or now - self.started >= max_age_s
+            or (idle_s is not None and now - self.updated >= idle_s)
         )
 
     def objects(self) -> dict[str, list[tuple[int, Transaction]]]:

@@ -1,7 +1,8 @@
 """`recstream ingest`: the Faust worker that lands `transactions` in the object store exactly once.
 
 Per partition, records are buffered into a batch; a batch is flushed when it reaches
-INGEST_FLUSH_EVENTS or INGEST_FLUSH_S, or exactly at the end of a flush that an earlier
+INGEST_FLUSH_EVENTS or INGEST_FLUSH_S, when no record has arrived on the partition for
+INGEST_IDLE_FLUSH_S (a burst's tail lands at once), or exactly at the end of a flush that an earlier
 owner of the partition did not commit (see ingest.landing). A flush writes the marker and
 the Parquet objects (retrying while the store is down: consumption pauses, nothing is
 committed), sends invalid records to the dead-letter topic with their reason, and only
@@ -22,7 +23,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from recstream.ingest.batches import Batch, DeadLetter
 from recstream.ingest.landing import Backoff, Lander, Marker
-from recstream.stream.contracts import dead_letters
+from recstream.stream.contracts import dead_letters, lake
 from recstream.stream.contracts import metrics as metric_names
 from recstream.stream.contracts.records import (
     InvalidMessage,
@@ -78,6 +79,7 @@ class IngestWorker:
             settings.transactions_topic, key_serializer="raw", value_serializer="raw"
         )
         self.dlq = self.app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
+        lake.to_parquet([], 0)  # the Parquet writer's first call imports pandas (~1.5 s): not mid-stream
         self.lander = Lander(
             make_client(settings),
             settings.data_bucket,
@@ -94,7 +96,9 @@ class IngestWorker:
         self.locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.stream: Any = None
         self.app.agent(self.source, name="land-transactions")(self._agent)
-        self.app.timer(interval=min(1.0, settings.ingest_flush_s))(self._flush_aged)
+        # Often enough that an idle batch waits little past INGEST_IDLE_FLUSH_S.
+        interval = min(1.0, settings.ingest_flush_s, settings.ingest_idle_flush_s) / 4
+        self.app.timer(interval=interval)(self._flush_aged)
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # (sender, revoked)
 
     async def _agent(self, stream: Any) -> None:
@@ -132,7 +136,10 @@ class IngestWorker:
     def _due(self, partition: int) -> bool:
         marker = self.markers.get(partition)
         return self.batches[partition].due(
-            self.settings.ingest_flush_events, self.settings.ingest_flush_s, marker.last if marker else None
+            self.settings.ingest_flush_events,
+            self.settings.ingest_flush_s,
+            marker.last if marker else None,
+            idle_s=self.settings.ingest_idle_flush_s,
         )
 
     async def _flush_aged(self) -> None:

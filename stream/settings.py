@@ -26,6 +26,8 @@ LOCAL_SECRET_KEY = "recstream-local-only"
 MIN_ACCESS_KEY_LENGTH, MIN_SECRET_KEY_LENGTH = 8, 16
 # Concept drift's change detectors by DRIFT_DETECTOR name (recommender/detectors.py implements them).
 DRIFT_DETECTORS = ("page-hinkley", "adwin")
+# The asyncio event loops a Faust service may run on (mode.loop's backends by EVENT_LOOP name).
+EVENT_LOOPS = ("uvloop", "aio")
 SETTING = "recstream.setting"  # the key of a Settings field's (env, parse, default, doc) metadata
 
 
@@ -117,11 +119,16 @@ def _table_store(text: str) -> str:
     return url
 
 
-def _drift_detector(text: str) -> str:
-    name = text.strip().lower()
-    if name not in DRIFT_DETECTORS:
-        raise ValueError(f"expected {' or '.join(DRIFT_DETECTORS)}, got {text!r}")
-    return name
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    """A parser of one name among `choices` (case-insensitive)."""
+
+    def parse(text: str) -> str:
+        name = text.strip().lower()
+        if name not in choices:
+            raise ValueError(f"expected {' or '.join(choices)}, got {text!r}")
+        return name
+
+    return parse
 
 
 def _probability(text: str) -> float:
@@ -158,6 +165,12 @@ class Settings:
         "RECSTREAM_ENV", str, "local", "local or production (production refuses local credentials)"
     )
     log_level: str = setting("LOG_LEVEL", parse_log_level, "INFO", "logging level of services")
+    event_loop: str = setting(
+        "EVENT_LOOP",
+        _one_of(EVENT_LOOPS),
+        "uvloop",
+        "asyncio event loop of the Faust services: uvloop, or aio (the standard library's)",
+    )
     # Endpoints: empty means "the embedded stack provides it".
     kafka_bootstrap: str | None = setting(
         "KAFKA_BOOTSTRAP", _optional, "", "Kafka bootstrap servers host:port[,host:port]"
@@ -356,6 +369,12 @@ class Settings:
         "INGEST_FLUSH_EVENTS", positive_int, "5000", "events per Parquet object"
     )
     ingest_flush_s: float = setting("INGEST_FLUSH_S", positive_float, "10", "max age of a buffered batch")
+    ingest_idle_flush_s: float = setting(
+        "INGEST_IDLE_FLUSH_S",
+        positive_float,
+        "1",
+        "flush a partition's batch once no record has arrived on it for this long (the end of a burst)",
+    )
     event_max_future_s: float = setting(
         "EVENT_MAX_FUTURE_S",
         _non_negative_float,
@@ -435,7 +454,7 @@ class Settings:
     # Concept drift's change detector (recommender/detectors.py, river's tests).
     drift_detector: str = setting(
         "DRIFT_DETECTOR",
-        _drift_detector,
+        _one_of(DRIFT_DETECTORS),
         "page-hinkley",
         "change detector of the online hit rate: page-hinkley (DRIFT_PH_*) or adwin (DRIFT_ADWIN_DELTA)",
     )

@@ -261,7 +261,8 @@ def test_sigterm_with_buffered_records_stops_and_loses_nothing(
             producer.send_transaction(event)
         producer.flush()
     port = free_port()
-    worker = Worker(s, tmp_path / "worker-1.log", INGEST_FLUSH_S="600", INGEST_METRICS_PORT=str(port))
+    never = {"INGEST_FLUSH_S": "600", "INGEST_IDLE_FLUSH_S": "600"}  # buffered until stopped
+    worker = Worker(s, tmp_path / "worker-1.log", INGEST_METRICS_PORT=str(port), **never)
     workers.append(worker)
 
     def consumed() -> bool:

@@ -44,11 +44,24 @@ def test_flush_on_size_or_age() -> None:
     assert batch.due(2, 5.0, None, now=batch.started)
 
 
+def test_flush_once_idle() -> None:
+    """The end of a burst lands once no record has come for `idle_s`, not at the age limit."""
+    batch = Batch(0)
+    batch.add(0, tx(0, T0))
+    batch.add(1, tx(1, T0))
+    assert not batch.due(100, 10.0, None, now=batch.updated + 0.5, idle_s=1.0)
+    assert batch.due(100, 10.0, None, now=batch.updated + 1.0, idle_s=1.0)
+    assert not batch.due(100, 10.0, None, now=batch.updated + 1.0)  # without idle_s: size and age only
+    batch.updated = batch.started + 9.5  # a record just came: busy, though the batch is old
+    assert not batch.due(100, 10.0, None, now=batch.started + 9.9, idle_s=1.0)
+
+
 def test_boundary_of_an_uncommitted_flush_overrides_size_and_age() -> None:
     batch = Batch(0)
     for offset in range(5):
         batch.add(offset, tx(offset, T0))
     assert not batch.due(2, 0.1, boundary=6, now=batch.started + 100)  # neither size nor age may cut it short
+    assert not batch.due(2, 0.1, boundary=6, now=batch.updated + 100, idle_s=1.0)  # nor idleness
     batch.add(5, tx(5, T0))
     batch.add(6, tx(6, T0))
     assert batch.due(2, 0.1, boundary=6)
