@@ -12,7 +12,7 @@ import time
 
 import faust
 
-from recstream.stream.faust_app import create_app
+from recstream.stream.faust_app import create_app, run_worker
 from recstream.stream.settings import load_settings
 
 settings = load_settings()
@@ -34,4 +34,4 @@ async def count(stream: faust.StreamT[bytes]) -> None:
 
 
 if __name__ == "__main__":
-    faust.Worker(app, loglevel="warn", quiet=True).execute_from_commandline()
+    run_worker(app, settings)  # the services' own loop (EVENT_LOOP) and log level

@@ -1,14 +1,21 @@
-"""Ingest throughput: a pre-filled topic landed in the object store, against a bare consumer's read rate.
+"""Ingest throughput: a pre-filled topic landed in the object store, by one worker and by two.
 
-The figure is events per second from the start of `recstream ingest` (group join
-included) until every offset of the topic is covered by a landed object. The limit is
-a bare aiokafka consumer reading the same topic from the beginning in the same run: the
-rate at which the broker can hand the records out at all.
+Each figure is events per second from the first record a worker consumed (its
+`recstream_ingest_events_total` moving off 0, so start-up and group join are left out) until
+every offset of the topic is covered by a landed object. The limit is a Faust agent that only
+counts, on the same topic in the same run, timed the same way from its first record to the
+last (bench/faust_floor.py): the rate Faust's per-record path allows here. A bare aiokafka
+consumer's read rate is reported beside it: what the broker can hand out at all. Each phase
+also reports the CPU seconds of each part (broker, object store, each worker or the Faust
+agent): on 2 cores they compete, so a worker's rate is bounded by what the others take.
+The two-worker run lands a second copy of the topic (`WORKER_NAME` ingest-1 and ingest-2 in
+one group, as `INGEST_WORKERS=2 recstream up` runs them) into a bucket of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -16,20 +23,27 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import SEED, recstream_child, setup_logging, temporary_stack, write_result
-from recstream.deploy.local.processes import stop_child
+from recstream.deploy.console import observe
+from recstream.deploy.local.processes import free_port, stop_child
+from recstream.deploy.local.stack import Stack
+from recstream.stream.contracts import metrics as metric_names
 from recstream.stream.contracts.lake import date_prefix, parse_object_name
 from recstream.stream.produce import produce_file
 from recstream.stream.producer import EventProducer
-from recstream.stream.settings import Settings
-from recstream.stream.storage import make_client
+from recstream.stream.settings import Settings, load_settings
+from recstream.stream.storage import ensure_buckets, make_client
 
 log = logging.getLogger("bench.ingest")
 EVENTS = 100_000
+PARTS = ("broker", "objectstore")  # the stack's parts ingest uses
 
 
 async def bare_read_rate(bootstrap: str, topic: str, total: int) -> float:
@@ -50,21 +64,107 @@ async def bare_read_rate(bootstrap: str, topic: str, total: int) -> float:
         await consumer.stop()
 
 
-def faust_floor_rate(env: dict[str, str]) -> float:
-    """Events/s of a Faust agent that does nothing but count, on the same topic."""
-    probe = subprocess.run(
-        [sys.executable, "-m", "bench.faust_floor", "worker"],
-        env={**env, "FLOOR_EVENTS": str(EVENTS)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        start_new_session=True,
-    )
-    # Faust's worker routes stdout through its logger, so the line may arrive on stderr.
-    rates = re.findall(r"RATE ([0-9.]+)", probe.stdout + probe.stderr)
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds a live process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stack_pids(settings: Settings) -> dict[str, int]:
+    """The broker's and the object store's pids, from the stack's own record."""
+    stack = Stack(load_settings({"RECSTREAM_HOME": str(settings.home)}, environ={}, use_stack_env=False))
+    return {part.name: part.pid for part in stack.status() if part.name in PARTS and part.pid}
+
+
+def faust_floor(env: dict[str, str], parts: dict[str, int]) -> dict[str, Any]:
+    """Events/s of a Faust agent that does nothing but count, on the same topic, and the CPU used."""
+    before = {name: cpu_seconds(pid) for name, pid in parts.items()}
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as out:
+        probe = subprocess.Popen(
+            [sys.executable, "-m", "bench.faust_floor", "worker"],
+            env={**env, "FLOOR_EVENTS": str(EVENTS)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        timer = threading.Timer(600, probe.kill)
+        timer.start()
+        _, _, usage = os.wait4(probe.pid, 0)  # its CPU, which a finished process no longer shows
+        timer.cancel()
+        probe.returncode = 0  # reaped above
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    # Faust's worker routes stdout through its logger, so the line may come with its log lines.
+    rates = re.findall(r"RATE ([0-9.]+)", text)
     if not rates:
-        raise RuntimeError(f"Faust probe failed: {probe.stderr[-2000:]}")
-    return float(rates[0])
+        raise RuntimeError(f"Faust probe failed: {text[-2000:]}")
+    cpu = {name: cpu_seconds(pid) - before[name] for name, pid in parts.items()}
+    cpu["faust agent"] = usage.ru_utime + usage.ru_stime
+    return {
+        "events_per_s": float(rates[0]),
+        "seconds": round(time.monotonic() - started, 2),
+        "cpu_seconds": {name: round(value, 2) for name, value in cpu.items()},
+    }
+
+
+def consumed(port: int) -> float:
+    """Records a worker has consumed, from its metrics (0 while it starts)."""
+    try:
+        return observe.total(observe.scrape(f"127.0.0.1:{port}", timeout_s=1.0), metric_names.INGEST_EVENTS)
+    except OSError:
+        return 0.0
+
+
+def ingest_run(settings: Settings, target: Settings, workers: int, parts: dict[str, int]) -> dict[str, Any]:
+    """`workers` ingest workers in one group land `target`'s topic; timed from the first record."""
+    base = {
+        **os.environ,
+        "RECSTREAM_HOME": str(settings.home),
+        "TRANSACTIONS_TOPIC": target.transactions_topic,
+        "DATA_BUCKET": target.data_bucket,
+        "LOG_LEVEL": "WARNING",
+    }
+    ports = [free_port() for _ in range(workers)]
+    before = {name: cpu_seconds(pid) for name, pid in parts.items()}
+    with contextlib.ExitStack() as stack:
+        procs = []
+        for index, port in enumerate(ports, start=1):
+            out = stack.enter_context(tempfile.TemporaryFile())
+            env = {**base, "INGEST_METRICS_PORT": str(port)}
+            if workers > 1:
+                env["WORKER_NAME"] = f"ingest-{index}"
+            procs.append((recstream_child("ingest", env, out), out))
+        start = time.monotonic()
+        try:
+            first_record = None
+            while landed_offsets(target) < EVENTS:
+                for proc, out in procs:
+                    if proc.poll() is not None:
+                        out.seek(0)
+                        raise RuntimeError(
+                            f"ingest worker died: {out.read()[-2000:].decode(errors='replace')}"
+                        )
+                if first_record is None and any(consumed(port) > 0 for port in ports):
+                    first_record = time.monotonic()
+                time.sleep(0.05 if first_record is None else 0.25)
+            end = time.monotonic()
+            cpu = {name: cpu_seconds(pid) - before[name] for name, pid in parts.items()}
+            cpu.update({f"worker {i}": cpu_seconds(proc.pid) for i, (proc, _) in enumerate(procs, start=1)})
+        finally:
+            for proc, _ in procs:
+                stop_child(proc, timeout=30)
+    first_record = first_record or start
+    rate = EVENTS / (end - first_record)
+    log.info("ingest, %d worker(s): %.0f events/s from the first record", workers, rate)
+    return {
+        "workers": workers,
+        "events_per_s": round(rate, 1),
+        "seconds_from_first_record": round(end - first_record, 2),
+        "first_record_after_s": round(first_record - start, 2),
+        "events_per_s_from_start": round(EVENTS / (end - start), 1),
+        "cpu_seconds": {name: round(value, 2) for name, value in cpu.items()},
+    }
 
 
 def landed_offsets(settings: Settings) -> int:
@@ -78,56 +178,47 @@ def landed_offsets(settings: Settings) -> int:
 
 def main() -> None:
     with temporary_stack() as settings:
-        target = dataclasses.replace(settings, transactions_topic="bench-ingest")
-        with EventProducer(target) as producer:
-            produce_file(producer, SEED, limit=EVENTS)
-        limit = asyncio.run(
-            bare_read_rate(settings.require("kafka_bootstrap"), target.transactions_topic, EVENTS)
+        parts = stack_pids(settings)
+        client = make_client(settings)
+        one = dataclasses.replace(settings, transactions_topic="bench-ingest")
+        two = dataclasses.replace(
+            settings, transactions_topic="bench-ingest-two", data_bucket="bench-ingest-two"
         )
-        log.info("bare aiokafka read: %.0f events/s", limit)
-        env = {
-            **os.environ,
-            "RECSTREAM_HOME": str(settings.home),
-            "TRANSACTIONS_TOPIC": target.transactions_topic,
-            "INGEST_METRICS_PORT": "0",
-            "LOG_LEVEL": "WARNING",
-        }
-        floor = faust_floor_rate(env)
-        log.info("bare Faust agent: %.0f events/s", floor)
-        with tempfile.TemporaryFile() as out:
-            start = time.monotonic()
-            worker = recstream_child("ingest", env, out)
-            try:
-                first_landing, landed_first = None, 0
-                while (landed := landed_offsets(target)) < EVENTS:
-                    if worker.poll() is not None:
-                        out.seek(0)
-                        raise RuntimeError(
-                            f"ingest worker died: {out.read()[-2000:].decode(errors='replace')}"
-                        )
-                    if landed and first_landing is None:
-                        first_landing, landed_first = time.monotonic() - start, landed
-                    time.sleep(0.25)
-                seconds = time.monotonic() - start
-            finally:
-                stop_child(worker, timeout=30)
-    rate = EVENTS / seconds
-    steady = (EVENTS - landed_first) / (seconds - (first_landing or 0))
-    log.info("ingest: %.0f events/s (%.1fs, first object after %.1fs)", rate, seconds, first_landing or 0)
+        ensure_buckets(client, [two.data_bucket])
+        for target in (one, two):
+            with EventProducer(target) as producer:
+                produce_file(producer, SEED, limit=EVENTS)
+        limit_aiokafka = asyncio.run(
+            bare_read_rate(settings.require("kafka_bootstrap"), one.transactions_topic, EVENTS)
+        )
+        log.info("bare aiokafka read: %.0f events/s", limit_aiokafka)
+        floor = faust_floor(
+            {
+                **os.environ,
+                "RECSTREAM_HOME": str(settings.home),
+                "TRANSACTIONS_TOPIC": one.transactions_topic,
+                "LOG_LEVEL": "WARNING",
+            },
+            parts,
+        )
+        log.info("bare Faust agent: %.0f events/s", floor["events_per_s"])
+        runs = [ingest_run(settings, one, 1, parts), ingest_run(settings, two, 2, parts)]
+    for run in runs:
+        run["ratio_to_bare_faust_agent"] = round(run["events_per_s"] / floor["events_per_s"], 3)
+        run["ratio_to_bare_aiokafka"] = round(run["events_per_s"] / limit_aiokafka, 3)
     path = write_result(
         "ingest",
-        rate,
+        runs[0]["events_per_s"],
         "events/s",
-        limit,
-        "bare aiokafka consumer reading the same topic, same run",
+        floor["events_per_s"],
+        "a Faust agent that only counts, same topic, same run, both timed from their first record",
         events=EVENTS,
-        seconds=round(seconds, 2),
-        first_object_after_s=round(first_landing or 0, 2),
         flush_events=settings.ingest_flush_events,
-        # From the first landed object on: start-up and group join excluded, as in the Faust probe.
-        steady_events_per_s=round(steady, 1),
-        bare_faust_agent_events_per_s=round(floor, 1),
-        steady_ratio_to_bare_faust_agent=round(steady / floor, 3),
+        idle_flush_s=settings.ingest_idle_flush_s,
+        bare_aiokafka_events_per_s=round(limit_aiokafka, 1),
+        bare_faust_agent=floor,
+        one_worker=runs[0],
+        two_workers=runs[1],
     )
     print(path.read_text())
 

@@ -91,9 +91,15 @@ def export_partitions(app: faust.App, topic: str) -> None:
 
 
 def run_worker(app: faust.App, settings: Settings) -> None:
-    """Run a service's Faust app in the foreground until SIGINT/SIGTERM, at LOG_LEVEL."""
-    import faust
+    """Run a service's Faust app in the foreground until SIGINT/SIGTERM, at LOG_LEVEL, on EVENT_LOOP.
 
+    uvloop by default (mode's backend, as `faust worker --loop uvloop` picks it): Faust's per-record
+    path is mostly event-loop work, and on this machine a Faust agent counted 14,598 records/s on
+    uvloop against 9,320 on asyncio's loop, the ingest worker 7,106 against 5,064 (README)."""
+    import faust
+    import mode.loop
+
+    mode.loop.use(settings.event_loop)
     level = settings.log_level.lower()
     level = {"warning": "warn", "critical": "crit"}.get(level, level)  # Faust's own level names
     faust.Worker(app, loglevel=level, quiet=True).execute_from_commandline()
