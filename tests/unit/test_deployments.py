@@ -601,13 +601,23 @@ def test_dockerignore_keeps_secrets_and_local_state_out():
     assert {".git", ".venv", ".recstream", "**/.env"} <= lines
 
 
-def test_scaled_services_stay_within_the_partitions(k8s_objects, settings_configmap):
+def test_scaled_services_stay_within_the_partitions(k8s_objects, settings_configmap, compose):
     # A consumer-group member beyond the partition count owns nothing: replicas and the HPA's
     # ceiling stay at most TOPIC_PARTITIONS, and the HPAs scale only the group services.
     partitions = int(settings_configmap["TOPIC_PARTITIONS"])
     deployments = {o["metadata"]["name"]: o for o in k8s_objects if o["kind"] == "Deployment"}
     for name in ("ingest", "scorer"):
         assert 1 <= deployments[name]["spec"]["replicas"] <= partitions, name
+        # Compose scales the same two: no host port or volume that replicas would fight over.
+        service = compose["services"][name]
+        assert (
+            1
+            < int(interpolate(service["deploy"]["replicas"]))
+            <= int(compose_env(service)["TOPIC_PARTITIONS"])
+        )
+        assert "ports" not in service and "volumes" not in service and "container_name" not in service
+    replicated = {name for name, service in compose["services"].items() if "deploy" in service}
+    assert replicated == {"ingest", "scorer"}
     hpas = [o for o in k8s_objects if o["kind"] == "HorizontalPodAutoscaler"]
     assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas} == {"ingest", "scorer"}
     for hpa in hpas:
