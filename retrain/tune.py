@@ -141,5 +141,5 @@ def search(
         )
         if on_trial is not None:
             on_trial(index + 1, len(trials), trial, best_of(done) is trial)
-    tuning = Tuning(base, done, len(evalset.users), budget_s, skipped)
-    return replace(tuning, chosen=replace(base, **tuning.best.changes))
+    chosen = replace(base, **best_of(done).changes)
+    return Tuning(chosen, done, len(evalset.users), budget_s, skipped)
