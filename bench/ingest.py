@@ -90,9 +90,9 @@ def faust_floor(env: dict[str, str], parts: dict[str, int]) -> dict[str, Any]:
         )
         timer = threading.Timer(600, probe.kill)
         timer.start()
-        _, _, usage = os.wait4(probe.pid, 0)  # its CPU, which a finished process no longer shows
+        _, status, usage = os.wait4(probe.pid, 0)  # its CPU, which a finished process no longer shows
         timer.cancel()
-        probe.returncode = 0  # reaped above
+        probe.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         out.seek(0)
         text = out.read().decode(errors="replace")
     # Faust's worker routes stdout through its logger, so the line may come with its log lines.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tenacity import (
     AsyncRetrying,
@@ -79,6 +80,19 @@ def _before_sleep(
     return before_sleep
 
 
+def _forever(
+    policy: Policy, log_retry: RetryLog | None, on_retry: Callable[[], None] | None, retry_on: Exceptions
+) -> dict[str, Any]:
+    """What `forever` and `forever_async` share: the policy's delays, no end, the last error re-raised."""
+    return {
+        "wait": policy.wait(),
+        "stop": stop_never,
+        "retry": retry_if_exception_type(retry_on),
+        "before_sleep": _before_sleep(log_retry, on_retry),
+        "reraise": True,
+    }
+
+
 def forever(
     policy: Policy,
     *,
@@ -90,13 +104,7 @@ def forever(
 
     `log_retry` and `on_retry` run once per retry, before its delay. Use as
     `forever(...)(call)`, or `for attempt in forever(...): with attempt: ...`."""
-    return Retrying(
-        wait=policy.wait(),
-        stop=stop_never,
-        retry=retry_if_exception_type(retry_on),
-        before_sleep=_before_sleep(log_retry, on_retry),
-        reraise=True,
-    )
+    return Retrying(**_forever(policy, log_retry, on_retry, retry_on))
 
 
 def forever_async(
@@ -108,13 +116,7 @@ def forever_async(
 ) -> AsyncRetrying:
     """`forever` for coroutines: the delays are awaited, so a cancelled task stops at once
     (CancelledError is not an Exception: it is never retried)."""
-    return AsyncRetrying(
-        wait=policy.wait(),
-        stop=stop_never,
-        retry=retry_if_exception_type(retry_on),
-        before_sleep=_before_sleep(log_retry, on_retry),
-        reraise=True,
-    )
+    return AsyncRetrying(**_forever(policy, log_retry, on_retry, retry_on))
 
 
 def poll(policy: Policy, done: Callable[[], bool]) -> None:
