@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator, Set
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ MODELSERVER_ARGS = (
     "0",
 )
 EMPTY_MODEL_CONFIG = "model_config_list {}\n"
+PORT_RELEASE_S = 2.0  # how long a restart waits for a killed part's port before taking another
 START_ATTEMPTS = 3  # a part whose unpinned port was taken while it started gets new ports
 
 
@@ -432,13 +434,24 @@ class Stack:
         return result
 
 
+def _released(port: int, within_s: float = PORT_RELEASE_S) -> bool:
+    """Whether `port` is free, waiting a moment: a part just killed holds its port until the kernel
+    has finished its exit, and taking a new one then would move a stable endpoint for nothing."""
+    deadline = time.monotonic() + within_s
+    while not port_is_free(port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _port(name: str, pinned: int, previous: int | None, taken: Set[int] = frozenset()) -> int:
     """The pinned port, else the previous one while free (stable endpoints), else a free one."""
     if pinned:
         if not port_is_free(pinned):
             raise StackError(f"{name} {pinned} is taken by another process")
         return pinned
-    if previous and previous not in taken and port_is_free(previous):
+    if previous and previous not in taken and _released(previous):
         return previous
     while (port := free_port()) in taken:
         pass
