@@ -1,8 +1,9 @@
-"""Per-partition batches of consumed records: what to write, what to dead-letter, when to flush.
+"""Per-partition batches of consumed records, and when to flush them.
 
 Pure logic (no I/O), so the exactly-once rules can be tested without a broker: a batch
-covers a contiguous offset range of one partition, and its rows are split by the UTC
-date of each event's time into objects whose names derive from the offsets they hold.
+covers a contiguous offset range of one partition. It holds the records as they came off
+the topic; validating and encoding them is the flush's work (ingest.encoding), off the
+event loop.
 """
 
 from __future__ import annotations
@@ -10,16 +11,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from recstream.stream.contracts.lake import event_date, object_name
-from recstream.stream.contracts.records import Transaction
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    reason: str
+# A consumed record as the flush needs it: offset, key, value, broker timestamp (epoch seconds).
+# A plain tuple: one is built per record on the event loop, where every microsecond counts.
+Record = tuple[int, bytes | None, bytes | None, float | None]
 
 
 @dataclass
@@ -27,30 +21,22 @@ class Batch:
     """Records of one partition from `first` to `last` offset, in offset order."""
 
     partition: int
-    rows: list[tuple[int, Transaction]] = field(default_factory=list)
-    dead: list[DeadLetter] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     first: int | None = None
     last: int | None = None
     started: float = field(default_factory=time.monotonic)
     updated: float = field(default_factory=time.monotonic)  # when the last record was added
 
     def __len__(self) -> int:
-        return len(self.rows) + len(self.dead)
+        return len(self.records)
 
-    def _track(self, offset: int) -> None:
+    def add(self, offset: int, key: bytes | None, value: bytes | None, timestamp: float | None) -> None:
         self.updated = time.monotonic()
         if self.first is None:
             self.first = offset
             self.started = self.updated
         self.last = offset
-
-    def add(self, offset: int, event: Transaction) -> None:
-        self._track(offset)
-        self.rows.append((offset, event))
-
-    def add_dead(self, letter: DeadLetter) -> None:
-        self._track(letter.offset)
-        self.dead.append(letter)
+        self.records.append((offset, key, value, timestamp))
 
     def due(
         self,
@@ -68,17 +54,7 @@ class Batch:
             return self.last is not None and self.last >= boundary
         now = now if now is not None else time.monotonic()
         return (
-            len(self) >= max_events
+            len(self.records) >= max_events
             or now - self.started >= max_age_s
             or (idle_s is not None and now - self.updated >= idle_s)
         )
-
-    def objects(self) -> dict[str, list[tuple[int, Transaction]]]:
-        """Rows grouped into objects by event date; each object named by its own first/last offset."""
-        by_date: dict[str, list[tuple[int, Transaction]]] = {}
-        for offset, event in self.rows:
-            by_date.setdefault(event_date(event.ts), []).append((offset, event))
-        return {
-            object_name(date, self.partition, rows[0][0], rows[-1][0]): rows
-            for date, rows in sorted(by_date.items())
-        }

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from minio import Minio
 
-from recstream.ingest.batches import Batch
+from recstream.ingest.encoding import Encoded
 from recstream.stream import retry, storage
 from recstream.stream.contracts import lake
 
@@ -71,12 +71,10 @@ class Lander:
     def write_marker(self, partition: int, marker: Marker) -> None:
         self._put(self.marker_name(partition), json.dumps(asdict(marker)).encode(), "application/json")
 
-    def land(self, batch: Batch) -> Marker:
+    def land(self, batch: Encoded) -> Marker:
         """Write the marker, then every object of the batch."""
-        assert batch.first is not None and batch.last is not None
-        objects = batch.objects()
-        marker = Marker(batch.first, batch.last, sorted(objects))
+        marker = Marker(batch.first, batch.last, sorted(batch.objects))
         self.write_marker(batch.partition, marker)
-        for name, rows in objects.items():
-            self._put(name, lake.to_parquet(rows, batch.partition), lake.CONTENT_TYPE)
+        for name, data in batch.objects.items():
+            self._put(name, data, lake.CONTENT_TYPE)
         return marker

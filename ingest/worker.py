@@ -6,7 +6,8 @@ INGEST_IDLE_FLUSH_S (a burst's tail lands at once), or exactly at the end of a f
 owner of the partition did not commit (see ingest.landing). A flush writes the marker and
 the Parquet objects (retrying while the store is down: consumption pauses, nothing is
 committed), sends invalid records to the dead-letter topic with their reason, and only
-then acks the records and commits their offsets.
+then acks the records and commits their offsets. The event loop only buffers records:
+validation and Parquet building run in the encoder process (ingest.encoder).
 """
 
 from __future__ import annotations
@@ -21,16 +22,12 @@ from typing import Any, cast
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from recstream.ingest.batches import Batch, DeadLetter
+from recstream.ingest.batches import Batch
+from recstream.ingest.encoder import Encoder
+from recstream.ingest.encoding import Encoded
 from recstream.ingest.landing import Backoff, Lander, Marker
-from recstream.stream.contracts import dead_letters, lake
+from recstream.stream.contracts import dead_letters
 from recstream.stream.contracts import metrics as metric_names
-from recstream.stream.contracts.records import (
-    InvalidMessage,
-    derive_event_id,
-    future_limit,
-    parse_transaction,
-)
 from recstream.stream.faust_app import create_app
 from recstream.stream.settings import Settings
 from recstream.stream.storage import make_client
@@ -39,7 +36,8 @@ log = logging.getLogger(__name__)
 DLQ_SCAN_IDLE_POLLS = 60
 COMMIT_ATTEMPTS = 500  # about 10 s of retries while other commits run (see IngestWorker._commit)
 
-EVENTS = Counter(metric_names.INGEST_EVENTS, "Records consumed from transactions", ["result"])
+RECEIVED = Counter(metric_names.INGEST_RECEIVED, "Records taken from transactions (before validation)")
+EVENTS = Counter(metric_names.INGEST_EVENTS, "Records of flushed batches, by validation", ["result"])
 ROWS = Counter(metric_names.INGEST_ROWS_WRITTEN, "Rows written to Parquet objects")
 OBJECTS = Counter("recstream_ingest_objects_written_total", "Parquet objects written")
 DEAD = Counter(metric_names.INGEST_DLQ, "Records sent to the dead-letter topic", ["reason"])
@@ -79,7 +77,7 @@ class IngestWorker:
             settings.transactions_topic, key_serializer="raw", value_serializer="raw"
         )
         self.dlq = self.app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
-        lake.to_parquet([], 0)  # the Parquet writer's first call imports pandas (~1.5 s): not mid-stream
+        self.encoder = Encoder(settings.transactions_topic, settings.event_max_future_s)
         self.lander = Lander(
             make_client(settings),
             settings.data_bucket,
@@ -109,26 +107,14 @@ class IngestWorker:
     async def _consume(self, event: Any) -> None:
         message = event.message
         partition = message.partition
+        RECEIVED.inc()
         async with self.locks[partition]:
             if partition not in self.markers:
                 self.markers[partition] = await asyncio.to_thread(self.lander.read_marker, partition)
-            batch = self.batches.setdefault(partition, Batch(partition))
-            try:
-                transaction = parse_transaction(
-                    message.value,
-                    key=message.key,
-                    default_event_id=derive_event_id(message.topic, partition, message.offset),
-                    default_ts=message.timestamp,
-                    # Event time window: a far-future or undatable ts is a dead letter here, never
-                    # a flush that fails for good and stops the partition.
-                    max_ts=future_limit(self.settings.event_max_future_s, time.time(), message.timestamp),
-                )
-            except InvalidMessage as exc:
-                batch.add_dead(DeadLetter(message.offset, message.key, message.value, exc.reason))
-                INVALID.inc()
-            else:
-                batch.add(message.offset, transaction)
-                VALID.inc()
+            batch = self.batches.get(partition)
+            if batch is None:
+                batch = self.batches[partition] = Batch(partition)
+            batch.add(message.offset, message.key, message.value, message.timestamp)
             self.events.setdefault(partition, []).append(event)
             if self._due(partition):
                 await self._start_flush(partition)
@@ -166,11 +152,11 @@ class IngestWorker:
         if task is not None:
             await task
 
-    async def _flush(self, batch: Batch, events: list[Any], previous: Marker | None) -> None:
-        """Land, dead-letter, ack, commit."""
+    async def _flush(self, buffered: Batch, events: list[Any], previous: Marker | None) -> None:
+        """Encode, land, dead-letter, ack, commit."""
         started = time.monotonic()
-        partition = batch.partition
-        assert batch.first is not None and batch.last is not None  # a flushed batch is never empty
+        partition = buffered.partition
+        batch = await self.encoder.encode(partition, buffered.records)
         highwater = self.app.consumer.highwater(events[-1].message.tp)
         if highwater is not None:
             LAG.labels(str(partition)).set(max(0, highwater - batch.last - 1))
@@ -188,7 +174,9 @@ class IngestWorker:
         for event in events:
             await self.stream.ack(event)
         await self._commit(events[-1].message.tp, batch.last + 1)
-        ROWS.inc(len(batch.rows))
+        VALID.inc(batch.rows)
+        INVALID.inc(len(batch.dead))
+        ROWS.inc(batch.rows)
         OBJECTS.inc(len(marker.objects))
         FLUSH.observe(time.monotonic() - started)
         log.info(
@@ -196,7 +184,7 @@ class IngestWorker:
             partition,
             batch.first,
             batch.last,
-            len(batch.rows),
+            batch.rows,
             len(marker.objects),
             len(batch.dead),
         )
@@ -227,7 +215,7 @@ class IngestWorker:
     def _dlq_partition(self, partition: int) -> int:
         return partition % self.settings.topic_partitions
 
-    async def _sent_before(self, batch: Batch) -> set[int]:
+    async def _sent_before(self, batch: Encoded) -> set[int]:
         """Offsets of this batch's dead letters already in the DLQ (read from its partition's start).
 
         Only a batch redelivered after a crash between sending its dead letters and marking them
@@ -269,7 +257,7 @@ class IngestWorker:
             log.info("partition %d: %d dead letters were already sent", batch.partition, len(found))
         return found
 
-    async def _dead_letter(self, batch: Batch, skip: set[int]) -> None:
+    async def _dead_letter(self, batch: Encoded, skip: set[int]) -> None:
         topic = self.settings.transactions_topic
         pending = []
         for letter in batch.dead:
@@ -306,4 +294,8 @@ def run(settings: Settings) -> None:
     from recstream.stream.metrics import serve_metrics
 
     serve_metrics(settings.metrics_host, settings.ingest_metrics_port)
-    run_worker(IngestWorker(settings).app, settings)
+    worker = IngestWorker(settings)
+    try:
+        run_worker(worker.app, settings)
+    finally:
+        worker.encoder.close()

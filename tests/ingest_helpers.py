@@ -58,6 +58,19 @@ class Worker:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         stop_child(self.proc, timeout=20, sig=sig)
 
+    def children(self) -> list[int]:
+        """Live child processes of the worker (ingest's encoder process)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError):
+                    continue  # gone meanwhile
+                if parent == self.proc.pid:
+                    found.append(int(entry.name))
+        return found
+
 
 def stored_rows(settings: Settings) -> list[dict]:
     """Every row of every object, without any dedupe: what is really in the store."""

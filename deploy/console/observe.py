@@ -30,7 +30,7 @@ Samples = dict[str, list[tuple[dict[str, str], float]]]
 class Snapshot:
     at: float
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
-    events_in: float = 0.0  # transactions consumed by ingest (valid and invalid)
+    events_in: float = 0.0  # transactions taken by ingest, before validation
     events_ingested: float = 0.0  # rows landed in the object store
     dead_letters: float = 0.0
     lag: float | None = None
@@ -163,7 +163,7 @@ def snapshot(settings: Settings, *, registry: Any = None) -> Snapshot:
             "partitions": owned,
         }
     ingest, scorer = scraped["ingest"], scraped["scorer"]
-    snap.events_in = total(ingest, metric_names.INGEST_EVENTS)
+    snap.events_in = total(ingest, metric_names.INGEST_RECEIVED)
     snap.events_ingested = total(ingest, metric_names.INGEST_ROWS_WRITTEN)
     snap.dead_letters = total(ingest, metric_names.INGEST_DLQ)
     if ingest.get(metric_names.INGEST_CONSUMER_LAG):

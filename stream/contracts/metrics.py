@@ -6,6 +6,7 @@ every reader takes the name from here, so a rename cannot silently blank a reade
 from __future__ import annotations
 
 # ingest
+INGEST_RECEIVED = "recstream_ingest_received_total"
 INGEST_EVENTS = "recstream_ingest_events_total"  # label result
 INGEST_ROWS_WRITTEN = "recstream_ingest_rows_written_total"
 INGEST_DLQ = "recstream_ingest_dlq_total"  # label reason

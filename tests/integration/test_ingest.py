@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import signal
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from ingest_helpers import Worker, stored_rows, wait_for
@@ -85,8 +87,15 @@ def test_exactly_once_across_kill_9_with_malformed_records(
     first = Worker(s, tmp_path / "worker-1.log")
     workers.append(first)
     wait_for(lambda: len(stored_rows(s)) >= 4000, 120, first, "a first part to land")
-    first.kill(signal.SIGKILL)
+    encoders = first.children()
+    assert encoders, "the worker has no encoder process"
+    os.kill(first.proc.pid, signal.SIGKILL)  # the worker alone, not its process group
+    first.proc.wait(timeout=20)
     landed_before_kill = len(stored_rows(s))
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in encoders) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in encoders), "an orphaned encoder outlived kill -9"
     assert landed_before_kill < 20000, "the kill came too late to test anything"
 
     second = Worker(s, tmp_path / "worker-2.log")
@@ -270,7 +279,7 @@ def test_sigterm_with_buffered_records_stops_and_loses_nothing(
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
         except OSError:
             return False
-        return 'recstream_ingest_events_total{result="valid"} 50.0' in text
+        return "recstream_ingest_received_total 50.0" in text
 
     wait_for(consumed, 120, worker, "the 50 records to be buffered")
     assert stored_rows(s) == []  # buffered, not flushed

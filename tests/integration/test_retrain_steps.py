@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from recstream.ingest.batches import Batch
+from recstream.ingest.encoding import encode
 from recstream.ingest.landing import Backoff, Lander
 from recstream.retrain import cf_model
 from recstream.retrain.dataset import read_seed
@@ -66,9 +66,12 @@ def land_seed(settings: Settings, seed: Path, rows: int, tmp_path: Path) -> int:
     part.write_text("\n".join(lines[: 1 + rows]) + "\n")
     frame = read_seed(part)
     start = time.time() - len(frame)
-    batch = Batch(partition=0)
-    for offset, row in enumerate(frame.itertuples(index=False)):
-        batch.add(offset, Transaction(row.event_id, row.user_id, row.item_id, 1, start + offset))
+    records = [
+        (offset, None, Transaction(row.event_id, row.user_id, row.item_id, 1, start + offset).to_json(), None)
+        for offset, row in enumerate(frame.itertuples(index=False))
+    ]
+    batch = encode("steps-test", 0, records, max_future_s=3600)
+    assert batch.rows == len(frame)
     Lander(make_client(settings), settings.data_bucket, "steps-test", Backoff()).land(batch)
     return len(frame)
 
