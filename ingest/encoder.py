@@ -5,7 +5,8 @@ in validation and Parquet building as in Faust's own per-record path, all under 
 Done in a child process, that work runs on another core while the event loop keeps
 consuming. The child does no I/O (landing stays in the worker, with its retries and
 metrics), is spawned rather than forked (the worker has threads), and is killed with the
-worker (Linux's parent-death signal), so a kill -9 leaves no orphan behind.
+worker (Linux's parent-death signal), so a kill -9 leaves no orphan behind. If the child dies
+instead, the batch is encoded again by a new one: encoding is pure, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from recstream.ingest import encoding
 from recstream.ingest.batches import Record
@@ -40,18 +42,36 @@ class Encoder:
 
     def __init__(self, topic: str, max_future_s: float) -> None:
         self.topic, self.max_future_s = topic, max_future_s
-        self.pool = ProcessPoolExecutor(
+        self.pool = self._start()
+        # Wait for it now: the child's imports (pyarrow) must not stall the first flush.
+        self.pool.submit(encoding.encode, topic, 0, [(0, None, None, None)], max_future_s).result()
+
+    def _start(self) -> ProcessPoolExecutor:
+        """A pool of one child, started from the calling thread: the worker's main thread, which
+        the parent-death signal follows (Faust runs its event loop there too)."""
+        pool = ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_die_with,
             initargs=(os.getpid(),),
         )
-        # Start it now, from this (the main) thread: the parent-death signal follows the thread
-        # that created the child, and the child's imports (pyarrow) must not stall a flush.
-        self.pool.submit(encoding.encode, topic, 0, [(0, None, None, None)], max_future_s).result()
+        pool.submit(len, ()).result()  # spawns the child here, not in a later caller's thread
         log.info("encoder process started")
+        return pool
 
     async def encode(self, partition: int, records: Sequence[Record]) -> encoding.Encoded:
+        """The batch encoded; if the child dies meanwhile, once more by a new child (a batch that
+        kills that one too fails its flush, as any failed flush does, and the next flush starts
+        another child)."""
+        try:
+            return await self._run(partition, records)
+        except BrokenProcessPool:
+            log.error("the encoder process died encoding partition %d's batch; encoding it again", partition)
+            self.pool.shutdown(wait=False)
+            self.pool = self._start()
+            return await self._run(partition, records)
+
+    async def _run(self, partition: int, records: Sequence[Record]) -> encoding.Encoded:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self.pool, encoding.encode, self.topic, partition, records, self.max_future_s

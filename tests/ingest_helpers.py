@@ -58,16 +58,18 @@ class Worker:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         stop_child(self.proc, timeout=20, sig=sig)
 
-    def children(self) -> list[int]:
-        """Live child processes of the worker (ingest's encoder process)."""
+    def children(self, command: str = "") -> list[int]:
+        """Live child processes of the worker whose command line has `command` (ingest's encoder
+        process: "spawn_main"; multiprocessing's resource tracker is one too)."""
         found = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
                     parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                    cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
                 except (OSError, IndexError):
                     continue  # gone meanwhile
-                if parent == self.proc.pid:
+                if parent == self.proc.pid and command in cmdline:
                     found.append(int(entry.name))
         return found
 

@@ -136,6 +136,29 @@ def test_exactly_once_across_kill_9_with_malformed_records(
     assert len(day_two) == len(expected) and sorted(day_two["user_id"]) == sorted(e.user_id for e in expected)
 
 
+def test_a_killed_encoder_is_replaced_and_every_event_lands_once(
+    ingest_settings: Settings, workers, tmp_path
+) -> None:
+    s = ingest_settings
+    events = [Transaction(f"enc-{i}", f"u{i % 101}", f"i{i % 50}", 1, T0 + i) for i in range(8000)]
+    with EventProducer(s) as producer:
+        for event in events:
+            producer.send_transaction(event)
+        producer.flush()
+    worker = Worker(s, tmp_path / "worker.log", INGEST_FLUSH_EVENTS="500")
+    workers.append(worker)
+    wait_for(lambda: len(stored_rows(s)) >= 500, 120, worker, "a first batch to land")
+    (encoder,) = worker.children("spawn_main")
+    os.kill(encoder, signal.SIGKILL)
+    wait_for(lambda: len(stored_rows(s)) >= 8000, 120, worker, "all rows")
+    time.sleep(2)  # anything extra would have landed by now
+    ids = [row["event_id"] for row in stored_rows(s)]
+    assert len(ids) == 8000 and set(ids) == {e.event_id for e in events}, "rows lost or duplicated"
+    assert worker.alive()
+    assert worker.children("spawn_main") not in ([], [encoder]), "no new encoder process"
+    assert "the encoder process died" in worker.log.read_text()
+
+
 def test_uncommitted_flush_is_rewritten_with_the_same_boundaries(
     ingest_settings: Settings, workers, tmp_path
 ) -> None:
