@@ -35,7 +35,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.common import SEED, recstream_child, setup_logging, temporary_stack, write_result
+from bench.common import (
+    SEED,
+    cpu_seconds,
+    proc_stat,
+    recstream_child,
+    setup_logging,
+    temporary_stack,
+    write_result,
+)
 from recstream.deploy.console import observe
 from recstream.deploy.local.processes import free_port, stop_child
 from recstream.deploy.local.stack import Stack
@@ -70,23 +78,13 @@ async def bare_read_rate(bootstrap: str, topic: str, total: int) -> float:
         await consumer.stop()
 
 
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds a live process has used so far (Linux /proc)."""
-    fields = _stat(pid)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def children_cpu_seconds(pid: int) -> float:
     """CPU seconds of a process's live children (a worker's encoder process, ingest.encoder)."""
     total = 0.0
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError, IndexError):
-                if int(_stat(int(entry.name))[1]) == pid:
+                if int(proc_stat(int(entry.name))[1]) == pid:
                     total += cpu_seconds(int(entry.name))
     return total
 

@@ -17,13 +17,13 @@ import logging
 import os
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.common import setup_logging, write_result
+from bench.common import cpu_seconds, setup_logging, write_result
+from bench.serving import percentile
 from recstream.deploy.local import broker
 from recstream.deploy.local.processes import free_port, stop_child
 from recstream.stream.settings import load_settings
@@ -34,16 +34,6 @@ STEP = 1500  # records a step: 5 s
 FILLS = 2  # times FILL single-record produce requests between steps (a third: minutes saturated)
 FILL = 10_000
 TOPIC = "bench-requests"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def step(
@@ -68,8 +58,8 @@ async def step(
     result = {
         "batches_stored_before": stored,
         "broker_cores": round(cores, 3),
-        "hop_p50_ms": round(quantile(hops, 0.5), 1),
-        "hop_p99_ms": round(quantile(hops, 0.99), 1),
+        "hop_p50_ms": round(percentile(hops, 50), 1),
+        "hop_p99_ms": round(percentile(hops, 99), 1),
     }
     log.info("after %d stored batches: %s", stored, result)
     return result

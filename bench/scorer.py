@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bench import common
 from bench.common import SEED, recstream_child, setup_logging, temporary_stack, write_result
 from bench.serving import percentile
 from recstream.deploy.console import observe
@@ -259,15 +260,12 @@ def scorer_metrics(port: int) -> dict[str, float]:
 
 
 # -- CPU per process -----------------------------------------------------------------------------
-TICK = os.sysconf("SC_CLK_TCK")
-
-
 def cpu_seconds(pid: int) -> float | None:
+    """None once the process is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return common.cpu_seconds(pid)
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
 def watched_pids(settings: Settings, scorer_pid: int) -> dict[str, int]:
