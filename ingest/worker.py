@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import time
 from collections import defaultdict
@@ -295,6 +296,11 @@ def run(settings: Settings) -> None:
 
     serve_metrics(settings.metrics_host, settings.ingest_metrics_port)
     worker = IngestWorker(settings)
+    # What start-up built lives as long as the process: out of the collector's way, a full
+    # collection walks only the records held in batches. +7-8 % for a Faust agent holding 20,000
+    # unacked events and encoding them as ingest does (README, ingest throughput); the scorer's
+    # bench showed no gain, so only ingest does it.
+    gc.freeze()
     try:
         run_worker(worker.app, settings)
     finally:

@@ -96,16 +96,10 @@ def run_worker(app: faust.App, settings: Settings) -> None:
     uvloop by default (mode's backend, as `faust worker --loop uvloop` picks it): Faust's per-record
     path is mostly event-loop work, and on this machine a Faust agent counted 14,598 records/s on
     uvloop against 9,320 on asyncio's loop, the ingest worker 7,106 against 5,064 (README)."""
-    import gc
-
     import faust
     import mode.loop
 
     mode.loop.use(settings.event_loop)
-    # What start-up built (modules, the app, its topics) lives as long as the process: out of the
-    # collector's way, a full collection walks only what records create. +7-8 % for a Faust agent
-    # holding 20,000 unacked events and encoding them as ingest does (README, ingest throughput).
-    gc.freeze()
     level = settings.log_level.lower()
     level = {"warning": "warn", "critical": "crit"}.get(level, level)  # Faust's own level names
     faust.Worker(app, loglevel=level, quiet=True).execute_from_commandline()
