@@ -51,14 +51,9 @@ def recstream_child(command: str, env: Mapping[str, str], out: IO[bytes]) -> sub
     )
 
 
-def proc_stat(pid: int) -> list[str]:
-    """The fields of /proc/<pid>/stat after the command name (Linux); OSError once it is gone."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds a live process has used so far."""
-    fields = proc_stat(pid)
+    """User and system CPU seconds a live process has used so far (Linux /proc); OSError once gone."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

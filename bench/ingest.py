@@ -30,7 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -38,14 +37,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench.common import (
     SEED,
     cpu_seconds,
-    proc_stat,
     recstream_child,
     setup_logging,
     temporary_stack,
     write_result,
 )
 from recstream.deploy.console import observe
-from recstream.deploy.local.processes import free_port, stop_child
+from recstream.deploy.local.processes import child_pids, free_port, stop_child
 from recstream.deploy.local.stack import Stack
 from recstream.stream.contracts import metrics as metric_names
 from recstream.stream.contracts.lake import date_prefix, parse_object_name
@@ -81,11 +79,9 @@ async def bare_read_rate(bootstrap: str, topic: str, total: int) -> float:
 def children_cpu_seconds(pid: int) -> float:
     """CPU seconds of a process's live children (a worker's encoder process, ingest.encoder)."""
     total = 0.0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                if int(proc_stat(int(entry.name))[1]) == pid:
-                    total += cpu_seconds(int(entry.name))
+    for child in child_pids(pid):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            total += cpu_seconds(child)
     return total
 
 

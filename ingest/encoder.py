@@ -43,8 +43,6 @@ class Encoder:
     def __init__(self, topic: str, max_future_s: float) -> None:
         self.topic, self.max_future_s = topic, max_future_s
         self.pool = self._start()
-        # Wait for it now: the child's imports (pyarrow) must not stall the first flush.
-        self.pool.submit(encoding.encode, topic, 0, [(0, None, None, None)], max_future_s).result()
 
     def _start(self) -> ProcessPoolExecutor:
         """A pool of one child, started from the calling thread: the worker's main thread, which
@@ -55,7 +53,9 @@ class Encoder:
             initializer=_die_with,
             initargs=(os.getpid(),),
         )
-        pool.submit(len, ()).result()  # spawns the child here, not in a later caller's thread
+        # Spawns the child here, not in a later caller's thread, and waits for its imports
+        # (pyarrow): they must not stall a flush.
+        pool.submit(encoding.encode, self.topic, 0, [(0, None, None, None)], self.max_future_s).result()
         log.info("encoder process started")
         return pool
 

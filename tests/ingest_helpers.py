@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from recstream.deploy.local.processes import stop_child
+from recstream.deploy.local.processes import child_pids, stop_child
 from recstream.stream.settings import Settings
 from recstream.stream.storage import make_client
 
@@ -62,15 +62,13 @@ class Worker:
         """Live child processes of the worker whose command line has `command` (ingest's encoder
         process: "spawn_main"; multiprocessing's resource tracker is one too)."""
         found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                    cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-                except (OSError, IndexError):
-                    continue  # gone meanwhile
-                if parent == self.proc.pid and command in cmdline:
-                    found.append(int(entry.name))
+        for pid in child_pids(self.proc.pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue  # gone meanwhile
+            if command in cmdline:
+                found.append(pid)
         return found
 
 

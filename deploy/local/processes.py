@@ -72,12 +72,28 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise StackError(f"no free port found on {host}")
 
 
-def _proc_state(pid: int) -> str | None:
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name (state, ppid, ...); None once the process is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return None
-    return stat.rpartition(")")[2].split()[0]
+
+
+def _proc_state(pid: int) -> str | None:
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
+
+
+def child_pids(pid: int) -> list[int]:
+    """Live children of a process (Linux /proc), e.g. an ingest worker's encoder process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields and int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
 
 
 def pid_alive(pid: int | None) -> bool:
