@@ -109,16 +109,21 @@ class IngestWorker:
         message = event.message
         partition = message.partition
         RECEIVED.inc()
-        async with self.locks[partition]:
-            if partition not in self.markers:
-                self.markers[partition] = await asyncio.to_thread(self.lander.read_marker, partition)
-            batch = self.batches.get(partition)
-            if batch is None:
-                batch = self.batches[partition] = Batch(partition)
-            batch.add(message.offset, message.key, message.value, message.timestamp)
-            self.events.setdefault(partition, []).append(event)
-            if self._due(partition):
-                await self._start_flush(partition)
+        lock = self.locks[partition]
+        if partition not in self.batches or lock.locked():  # a new batch, or a flush starting
+            async with lock:
+                if partition not in self.markers:
+                    self.markers[partition] = await asyncio.to_thread(self.lander.read_marker, partition)
+                if partition not in self.batches:
+                    self.batches[partition], self.events[partition] = Batch(partition), []
+        # Most records take no lock: nothing awaits from here to the flush, so no flush starts or
+        # ends in between, and the batch and its events stay one.
+        self.batches[partition].add(message.offset, message.key, message.value, message.timestamp)
+        self.events[partition].append(event)
+        if self._due(partition):
+            async with lock:  # a task woken for it may take it first and flush this batch itself
+                if partition in self.batches and self._due(partition):
+                    await self._start_flush(partition)
 
     def _due(self, partition: int) -> bool:
         marker = self.markers.get(partition)
