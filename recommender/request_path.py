@@ -12,13 +12,14 @@ thousands of purchases. Here requests have
   keyed by user_id, with the same partition count), followed as Faust rebalances, so a request
   is answered by the worker whose table holds that user's purchases.
 
-Answering is a pipeline: a fetched batch is answered (one Predict) and its answers handed to
-the producer, and the next batch is fetched while they are delivered. A committer commits, in
+Answering is a pipeline: each fetched batch is answered (one Predict) and its answers handed to
+the producer in a task of its own, and the next batch is fetched meanwhile, so a request waits
+for at most one fetch, not for the Predicts of the batches before it. A committer commits, in
 fetch order, the offsets of batches whose answers were all delivered, coalescing what is ready
-into one commit; at most IN_FLIGHT batches wait for it. Every request is answered at least
-once: a failure anywhere (the request broker overloaded or restarting) rewinds to the committed
-offsets and answers again after a backoff (stream.retry.REQUEST_CYCLE; clients keep the first
-answer by request_id), never abandoning a request.
+into one commit; at most IN_FLIGHT batches are being answered or wait for it. Every request is
+answered at least once: a failure anywhere (the request broker overloaded or restarting) rewinds
+to the committed offsets and answers again after a backoff (stream.retry.REQUEST_CYCLE; clients
+keep the first answer by request_id), never abandoning a request.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 GROUP = "recstream-scorer-requests"
 IDLE_S = 0.1  # wait between looks at the assignment while this worker owns no partition
 IN_FLIGHT = 8  # batches answered but not yet committed
+PREDICTING = 2  # batches in Predict at once: more split a load into smaller, dearer Predicts
 STOP_TIMEOUT_S = 10.0
 
 FAILURES = Counter(
@@ -47,7 +49,8 @@ FAILURES = Counter(
 )
 
 Serve = Callable[[Sequence[tuple[bytes | None, float]]], Awaitable[list[tuple[str, dict[str, object]]]]]
-Batch = tuple[list["asyncio.Future[Any]"], dict[Any, int]]  # delivery futures, offsets to commit after
+# A batch being answered (its task returns the answers' delivery futures), offsets to commit after.
+Batch = tuple["asyncio.Future[list[asyncio.Future[Any]]]", dict[Any, int]]
 
 
 class RequestPath:
@@ -123,10 +126,9 @@ class RequestPath:
         """Fetch, answer and hand over batches while a committer commits them in order."""
         from aiokafka import TopicPartition
 
-        from recstream.stream.contracts.recommendations import encode
-
         settings = self.settings
         delivered: asyncio.Queue[Batch] = asyncio.Queue(maxsize=IN_FLIGHT)
+        predicting = asyncio.Semaphore(PREDICTING)
         committer = asyncio.ensure_future(self._commit_in_order(consumer, delivered))
         try:
             while True:
@@ -145,17 +147,29 @@ class RequestPath:
                 batch = [record for records in fetched.values() for record in records]
                 if not batch:
                     continue
-                answers = await self.serve([(record.value, record.timestamp / 1000) for record in batch])
-                sent = [
-                    await producer.send(settings.recommendations_topic, encode(record), key=key.encode())
-                    for key, record in answers
-                ]
+                await predicting.acquire()  # meanwhile requests gather into the next, larger batch
+                answering = asyncio.ensure_future(self._answer_batch(producer, batch, predicting))
                 offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items()}
-                await _put(delivered, (sent, offsets), committer)
+                await _put(delivered, (answering, offsets), committer)
         finally:
             if not committer.done():
                 committer.cancel()
                 await asyncio.gather(committer, return_exceptions=True)
+            while not delivered.empty():  # the rewind answers these again
+                delivered.get_nowait()[0].cancel()
+
+    async def _answer_batch(
+        self, producer: Any, batch: list[Any], predicting: asyncio.Semaphore
+    ) -> list[asyncio.Future[Any]]:
+        """One Predict for the batch; its answers handed to the producer (their delivery futures)."""
+        from recstream.stream.contracts.recommendations import encode
+
+        topic = self.settings.recommendations_topic
+        try:
+            answers = await self.serve([(record.value, record.timestamp / 1000) for record in batch])
+        finally:
+            predicting.release()
+        return [await producer.send(topic, encode(record), key=key.encode()) for key, record in answers]
 
     async def _commit_in_order(self, consumer: Any, delivered: asyncio.Queue[Batch]) -> None:
         """Commit batches in fetch order once their answers are delivered, the waiting ones at once."""
@@ -163,8 +177,8 @@ class RequestPath:
             batches = [await delivered.get()]
             batches += [delivered.get_nowait() for _ in range(delivered.qsize())]
             ready: dict[Any, int] = {}
-            for sent, offsets in batches:
-                await asyncio.gather(*sent)  # raises a failed delivery
+            for answering, offsets in batches:
+                await asyncio.gather(*await answering)  # raises a failed Predict or delivery
                 ready.update(offsets)
             await consumer.commit(ready)
             for _ in batches:
