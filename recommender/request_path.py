@@ -150,7 +150,11 @@ class RequestPath:
                 await predicting.acquire()  # meanwhile requests gather into the next, larger batch
                 answering = asyncio.ensure_future(self._answer_batch(producer, batch, predicting))
                 offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items()}
-                await _put(delivered, (answering, offsets), committer)
+                try:
+                    await _put(delivered, (answering, offsets), committer)
+                except BaseException:  # not queued: the rewind answers it again
+                    answering.cancel()
+                    raise
         finally:
             if not committer.done():
                 committer.cancel()
