@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 GROUP = "recstream-scorer-requests"
 IDLE_S = 0.1  # wait between looks at the assignment while this worker owns no partition
-IN_FLIGHT = 8  # batches answered but not yet committed
+IN_FLIGHT = 8  # batches fetched but not yet committed
 PREDICTING = 2  # batches in Predict at once: more split a load into smaller, dearer Predicts
 STOP_TIMEOUT_S = 10.0
 
