@@ -51,12 +51,6 @@ def recstream_child(command: str, env: Mapping[str, str], out: IO[bytes]) -> sub
     )
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds a live process has used so far (Linux /proc); OSError once gone."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def write_result(name: str, figure: float, unit: str, limit: float, limit_name: str, **details: Any) -> Path:
     """One JSON per run: the figure, the limit measured beside it in the same run, and their ratio."""
     RESULTS.mkdir(parents=True, exist_ok=True)

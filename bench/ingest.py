@@ -34,16 +34,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.common import (
-    SEED,
-    cpu_seconds,
-    recstream_child,
-    setup_logging,
-    temporary_stack,
-    write_result,
-)
+from bench.common import SEED, recstream_child, setup_logging, temporary_stack, write_result
 from recstream.deploy.console import observe
-from recstream.deploy.local.processes import child_pids, free_port, stop_child
+from recstream.deploy.local.processes import child_pids, cpu_seconds, free_port, stop_child
 from recstream.deploy.local.stack import Stack
 from recstream.stream.contracts import metrics as metric_names
 from recstream.stream.contracts.lake import date_prefix, parse_object_name

@@ -22,10 +22,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.common import cpu_seconds, setup_logging, write_result
+from bench.common import setup_logging, write_result
 from bench.serving import percentile
 from recstream.deploy.local import broker
-from recstream.deploy.local.processes import free_port, stop_child
+from recstream.deploy.local.processes import cpu_seconds, free_port, stop_child
 from recstream.stream.settings import load_settings
 
 log = logging.getLogger("bench.request_broker")

@@ -68,10 +68,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench import common
 from bench.common import SEED, recstream_child, setup_logging, temporary_stack, write_result
 from bench.serving import percentile
 from recstream.deploy.console import observe
+from recstream.deploy.local import processes
 from recstream.deploy.local.processes import stop_child
 from recstream.stream.contracts import metrics as metric_names
 from recstream.stream.contracts.signatures import RECOMMEND_HISTORY
@@ -263,7 +263,7 @@ def scorer_metrics(port: int) -> dict[str, float]:
 def cpu_seconds(pid: int) -> float | None:
     """None once the process is gone."""
     try:
-        return common.cpu_seconds(pid)
+        return processes.cpu_seconds(pid)
     except OSError:
         return None
 

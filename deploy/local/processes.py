@@ -85,6 +85,14 @@ def _proc_state(pid: int) -> str | None:
     return fields[0] if fields else None
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds a live process has used so far; ProcessLookupError once gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        raise ProcessLookupError(f"process {pid} is gone")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def child_pids(pid: int) -> list[int]:
     """Live children of a process (Linux /proc), e.g. an ingest worker's encoder process."""
     found = []

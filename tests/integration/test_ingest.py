@@ -10,13 +10,13 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from ingest_helpers import Worker, stored_rows, wait_for
 from kafka_helpers import create_topic, read_all
 from urllib3.exceptions import MaxRetryError
 
+from recstream.deploy.local.processes import pid_alive
 from recstream.stream.contracts.records import Transaction
 from recstream.stream.lake import read_transactions
 from recstream.stream.producer import EventProducer
@@ -93,9 +93,9 @@ def test_exactly_once_across_kill_9_with_malformed_records(
     first.proc.wait(timeout=20)
     landed_before_kill = len(stored_rows(s))
     deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in encoders) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in encoders) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in encoders), "an orphaned encoder outlived kill -9"
+    assert not any(pid_alive(pid) for pid in encoders), "an orphaned encoder outlived kill -9"
     assert landed_before_kill < 20000, "the kill came too late to test anything"
 
     second = Worker(s, tmp_path / "worker-2.log")
