@@ -1,14 +1,17 @@
 """`recstream up --demo`: replay the seed into the running system and watch the loop turn.
 
-The seed's purchases are sent in file order at a steady rate. Once a model version is
-active, a customer whose earlier purchases are all sent is asked for recommendations
-`ask_after_s` after their last purchase and about `lead_s` before their next one (as a shopper
-comes back to the shop after a purchase, not within milliseconds of it: the scorer has taken
-the purchase into its table by then), so the answer can be judged by what they buy next when that
-product is new to them, as the offline holdout judges a model (answers leave out what a
-customer bought, so a repeat purchase is no signal): the demo's own hit rate (the scorer's
-online hit rate judges it the same way). The summary puts it beside the active version's
-offline HR@10. A live view (rich)
+The seed's purchases are sent at a steady rate, each customer's in file order. A seed row is
+one basket, and shoppers fill their carts side by side: the items of a basket are spread
+`2 × lead_s` apart (`spread_baskets`), not sent within milliseconds of each other. Once a
+model version is active, customers are asked for recommendations before a sample
+(`ask_share`) of their purchases, once their earlier purchases have been sent `lead_s` ago
+(at least half that near the file's ends; the scorer has taken them into its table by then)
+and `lead_s` before that purchase is sent,
+so the answer is judged by it when that product is new to them: the next item given every
+item before it, even mid-basket, as the offline leave-last-out holdout judges a model (answers
+leave out what a customer bought, so a repeat purchase is no signal). That is the demo's own
+hit rate, overall and per serving version (the scorer's online hit rate judges its answers the
+same way). The summary puts it beside the active version's offline HR@10. A live view (rich)
 shows what `recstream status` shows, refreshed; `--for` ends the demo and writes
 `$RECSTREAM_HOME/demo-summary.json`.
 """
@@ -20,10 +23,12 @@ import contextlib
 import heapq
 import json
 import logging
+import random
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +45,66 @@ log = logging.getLogger(__name__)
 DEMO_ENV = {"RETRAIN_INTERVAL_S": "60"}
 
 
+def spread_baskets(baskets: Iterable[list[Transaction]], spread: int) -> Iterator[Transaction]:
+    """The purchases of `baskets` (in file order), `spread` events between a customer's purchases.
+
+    `spread` baskets are open at once and give one item each in turn; a finished basket makes
+    room for the next. A customer's next basket joins their open one, so each customer's
+    purchases keep their order. Only the file's tail, with fewer baskets left, comes closer.
+
+    >>> def t(user, item):
+    ...     return Transaction(f"{user}{item}", user, item, 1, 0.0)
+    >>> rows = [[t("a", "1"), t("a", "2")], [t("b", "3")], [t("c", "4"), t("c", "5")], [t("a", "6")]]
+    >>> [e.item_id for e in spread_baskets(rows, spread=3)]
+    ['1', '3', '4', '2', '5', '6']
+    """
+    rows = iter(baskets)
+    open_baskets: dict[str, collections.deque[Transaction]] = {}  # user -> items to send, in turn order
+    turn: collections.deque[str] = collections.deque()
+
+    def take() -> bool:
+        """Open the next basket (or extend its customer's open one); False at the end of the file."""
+        for row in rows:
+            if not row:
+                continue
+            user = row[0].user_id
+            if user in open_baskets:
+                open_baskets[user].extend(row)
+                continue
+            open_baskets[user] = collections.deque(row)
+            turn.append(user)
+            return True
+        return False
+
+    while len(turn) < spread and take():
+        pass
+    while turn:
+        user = turn.popleft()
+        items = open_baskets[user]
+        yield items.popleft()
+        if items:
+            turn.append(user)
+        else:
+            del open_baskets[user]
+            take()
+
+
+def seed_baskets(seed: Path) -> Iterator[list[Transaction]]:
+    """The seed's valid purchases grouped by row (one row is one basket)."""
+    row: list[Transaction] = []
+    position = None
+    for consumed, event in read_events(seed):
+        if isinstance(event, Rejected):
+            continue
+        if consumed != position and row:  # every product of a row is read at one file position
+            yield row
+            row = []
+        position = consumed
+        row.append(event)
+    if row:
+        yield row
+
+
 @dataclass
 class DemoCounts:
     events_produced: int = 0
@@ -48,14 +113,18 @@ class DemoCounts:
     errors: int = 0
     judged: int = 0  # answers followed by a purchase of a product new to the customer
     hits: int = 0
+    # serving version -> [judged, hits]
+    by_version: dict[int, list[int]] = field(default_factory=dict)
 
 
 class Demo:
     def __init__(
-        self, settings: Settings, seed: Path, rate: float, lead_s: float = 2.0, ask_after_s: float = 0.5
+        self, settings: Settings, seed: Path, rate: float, lead_s: float = 2.0, ask_share: float = 0.2
     ) -> None:
-        self.settings, self.seed, self.rate, self.ask_after_s = settings, seed, rate, ask_after_s
+        self.settings, self.seed, self.rate = settings, seed, rate
         self.lead = max(int(rate * lead_s), 1)  # purchases between a request and the one it is judged by
+        self.ask_share = ask_share  # of the purchases that can be asked before (about 25/s at 200/s)
+        self.sample = random.Random(0)  # the same customers asked in every run
         self.counts = DemoCounts()
         # request_id -> the product the customer buys next, None when they bought it before (no signal)
         self.expected: dict[str, str | None] = {}
@@ -98,18 +167,23 @@ class Demo:
         ahead: collections.deque[Transaction] = collections.deque()
         queued: collections.Counter[str] = collections.Counter()  # user -> purchases not sent yet
         started = time.monotonic()
-        for _, event in read_events(self.seed):
+        for event in spread_baskets(seed_baskets(self.seed), spread=2 * self.lead):
             if stop.is_set():
                 break
-            if isinstance(event, Rejected):
-                continue
             # Ask when every earlier purchase of this customer is out, so that this one is
             # the next the scorer sees from them: the one the answer is judged by.
-            if event.user_id in self.last_sent and not queued[event.user_id] and self.asking.is_set():
+            if (
+                event.user_id in self.last_sent
+                and not queued[event.user_id]
+                and self.asking.is_set()
+                and self.sample.random() < self.ask_share
+            ):
                 request_id = uuid.uuid4().hex
                 new = event.item_id not in self.bought[event.user_id]
                 self.expected[request_id] = event.item_id if new else None
-                due = self.last_sent[event.user_id] + self.ask_after_s
+                # Half the lead after their last purchase: the scorer has it by then, and the one
+                # judged is sent at least as long after the request.
+                due = self.last_sent[event.user_id] + self.lead / self.rate / 2
                 heapq.heappush(self.asks, (due, request_id, event.user_id))
             queued[event.user_id] += 1
             self.bought[event.user_id].add(event.item_id)
@@ -151,12 +225,23 @@ class Demo:
                     continue
                 self.counts.recommendations_served += 1
                 if expected is not None:
+                    hit = expected in answer["items"]
                     self.counts.judged += 1
-                    self.counts.hits += expected in answer["items"]
+                    self.counts.hits += hit
+                    judged = self.counts.by_version.setdefault(int(answer.get("model_version") or 0), [0, 0])
+                    judged[0] += 1
+                    judged[1] += hit
 
     def hit_rate(self) -> float | None:
         judged = self.counts.judged
         return round(self.counts.hits / judged, 4) if judged else None
+
+    def hit_rate_by_version(self) -> dict[int, dict[str, float | int]]:
+        return {
+            version: {"hit_rate": round(hits / judged, 4), "judged": judged}
+            for version, (judged, hits) in sorted(self.counts.by_version.items())
+            if judged
+        }
 
 
 def summary(demo: Demo, snap: observe.Snapshot, seconds: float) -> dict[str, Any]:
@@ -168,6 +253,7 @@ def summary(demo: Demo, snap: observe.Snapshot, seconds: float) -> dict[str, Any
         "recommendations_served": demo.counts.recommendations_served,
         "hit_rate": demo.hit_rate(),
         "answers_judged": demo.counts.judged,
+        "hit_rate_by_version": demo.hit_rate_by_version(),
         "online_hit_rate_by_version": {v: round(rate, 4) for v, rate in sorted(snap.hit_rate.items())},
         "active_version_offline_hr_at_10": (snap.versions.get(str(snap.active_version)) or {}).get("hr@10"),
         # from each landed purchase to the activation of the first version that learnt from it
