@@ -281,8 +281,9 @@ class Settings:
     scorer_fetch_max_wait_ms: int = setting(
         "SCORER_FETCH_MAX_WAIT_MS",
         positive_int,
-        "100",
-        "longest fetch wait of the scorer's purchases (a purchase reaches the next answer in well under 1 s)",
+        "500",
+        "longest fetch wait of the scorer's purchases (shorter: fresher answers, but on the embedded"
+        " stack the scorer falls behind the purchases while a retrain runs; README, fetch waits)",
     )
     kafka_request_fetch_max_wait_ms: int = setting(
         "KAFKA_REQUEST_FETCH_MAX_WAIT_MS",
