@@ -124,7 +124,7 @@ class Demo:
         self.settings, self.seed, self.rate = settings, seed, rate
         self.lead = max(int(rate * lead_s), 1)  # purchases between a request and the one it is judged by
         self.ask_share = ask_share  # of the purchases that can be asked before (about 25/s at 200/s)
-        self.sample = random.Random(0)  # the same customers asked in every run
+        self.sample = random.Random(0)  # seeded: runs differ only in when asking starts
         self.counts = DemoCounts()
         # request_id -> the product the customer buys next, None when they bought it before (no signal)
         self.expected: dict[str, str | None] = {}
