@@ -270,8 +270,9 @@ class Settings:
     broker_heartbeat_s: float = setting("BROKER_HEARTBEAT_S", positive_float, "1", "group heartbeat interval")
     producer_linger_ms: int = setting("PRODUCER_LINGER_MS", _non_negative_int, "5", "producer batching delay")
     # Fetch waits, per role: the embedded broker (Tansu 0.6) holds every fetch until the wait runs out,
-    # and each fetch of its S3 engine costs the object store, so only the paths where latency matters
-    # wait briefly; Apache Kafka answers a fetch when records arrive (production keeps 500 for all).
+    # and each fetch of its S3 engine costs the object store, so only the request path, on a broker of
+    # its own, waits briefly (the scorer's purchases fell behind at 100 ms: README, fetch waits);
+    # Apache Kafka answers a fetch when records arrive (production keeps 500 for all).
     kafka_fetch_max_wait_ms: int = setting(
         "KAFKA_FETCH_MAX_WAIT_MS",
         positive_int,

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,11 +46,12 @@ DEMO_ENV = {"RETRAIN_INTERVAL_S": "60"}
 
 
 def spread_baskets(baskets: Iterable[list[Transaction]], spread: int) -> Iterator[Transaction]:
-    """The purchases of `baskets` (in file order), `spread` events between a customer's purchases.
+    """The purchases of `baskets` (in file order), a customer's purchases `spread` places apart.
 
-    `spread` baskets are open at once and give one item each in turn; a finished basket makes
+    `spread` (at least 1) baskets are open at once and give one item each in turn; a finished basket makes
     room for the next. A customer's next basket joins their open one, so each customer's
-    purchases keep their order. Only the file's tail, with fewer baskets left, comes closer.
+    purchases keep their order (one per round: a customer with many items runs later than file
+    order). Only the file's tail, with fewer baskets left, comes closer.
 
     >>> def t(user, item):
     ...     return Transaction(f"{user}{item}", user, item, 1, 0.0)
@@ -58,6 +59,8 @@ def spread_baskets(baskets: Iterable[list[Transaction]], spread: int) -> Iterato
     >>> [e.item_id for e in spread_baskets(rows, spread=3)]
     ['1', '3', '4', '2', '5', '6']
     """
+    if spread < 1:
+        raise ValueError(f"spread must be at least 1, got {spread}")
     rows = iter(baskets)
     open_baskets: dict[str, collections.deque[Transaction]] = {}  # user -> items to send, in turn order
     turn: collections.deque[str] = collections.deque()
@@ -181,8 +184,9 @@ class Demo:
                 request_id = uuid.uuid4().hex
                 new = event.item_id not in self.bought[event.user_id]
                 self.expected[request_id] = event.item_id if new else None
-                # Half the lead after their last purchase: the scorer has it by then, and the one
-                # judged is sent at least as long after the request.
+                # Steady state: their last purchase went out `lead` purchases ago, so this is due now.
+                # At least half the lead after it in any case (near the file's ends): the scorer has
+                # it by then, and the one judged is sent at least as long after the request.
                 due = self.last_sent[event.user_id] + self.lead / self.rate / 2
                 heapq.heappush(self.asks, (due, request_id, event.user_id))
             queued[event.user_id] += 1
@@ -291,11 +295,11 @@ def render(snap: observe.Snapshot, rates: dict[str, float], demo: Demo | None, e
     for name, row in observe.figures(snap, rates).items():
         table.add_row(name, row)
     if demo is not None:
-        counts = asdict(demo.counts)
+        counts = demo.counts  # read, not copied: the answers thread adds versions to it meanwhile
         table.add_row(
             "demo",
-            f"{counts['events_produced']:,} sent, {counts['requests_sent']:,} asked, "
-            f"{counts['recommendations_served']:,} answered, hit rate {demo.hit_rate() or 0:.3f}"
+            f"{counts.events_produced:,} sent, {counts.requests_sent:,} asked, "
+            f"{counts.recommendations_served:,} answered, hit rate {demo.hit_rate() or 0:.3f}"
             + (f"  FAILED: {demo.failure}" if demo.failure else ""),
         )
     return table
