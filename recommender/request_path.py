@@ -34,6 +34,7 @@ from prometheus_client import Counter
 
 from recstream.stream import retry
 from recstream.stream.consumers import aio_consumer
+from recstream.stream.contracts.recommendations import encode
 from recstream.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,6 @@ class RequestPath:
         self, producer: Any, batch: list[Any], predicting: asyncio.Semaphore
     ) -> list[asyncio.Future[Any]]:
         """One Predict for the batch; its answers handed to the producer (their delivery futures)."""
-        from recstream.stream.contracts.recommendations import encode
-
         topic = self.settings.recommendations_topic
         try:
             answers = await self.serve([(record.value, record.timestamp / 1000) for record in batch])

@@ -114,10 +114,14 @@ class DemoCounts:
     requests_sent: int = 0
     recommendations_served: int = 0  # answers with items
     errors: int = 0
-    judged: int = 0  # answers followed by a purchase of a product new to the customer
-    hits: int = 0
-    # serving version -> [judged, hits]
+    # serving version -> [judged, hits]; judged: answers followed by a purchase of a product new
+    # to the customer
     by_version: dict[int, list[int]] = field(default_factory=dict)
+
+    def totals(self) -> tuple[int, int]:
+        """(judged, hits) over every version."""
+        counts = list(self.by_version.values())  # a copy: the answers thread may add a version meanwhile
+        return sum(judged for judged, _ in counts), sum(hits for _, hits in counts)
 
 
 class Demo:
@@ -229,22 +233,18 @@ class Demo:
                     continue
                 self.counts.recommendations_served += 1
                 if expected is not None:
-                    hit = expected in answer["items"]
-                    self.counts.judged += 1
-                    self.counts.hits += hit
                     judged = self.counts.by_version.setdefault(int(answer.get("model_version") or 0), [0, 0])
                     judged[0] += 1
-                    judged[1] += hit
+                    judged[1] += expected in answer["items"]
 
     def hit_rate(self) -> float | None:
-        judged = self.counts.judged
-        return round(self.counts.hits / judged, 4) if judged else None
+        judged, hits = self.counts.totals()
+        return round(hits / judged, 4) if judged else None
 
     def hit_rate_by_version(self) -> dict[int, dict[str, float | int]]:
         return {
             version: {"hit_rate": round(hits / judged, 4), "judged": judged}
             for version, (judged, hits) in sorted(self.counts.by_version.items())
-            if judged
         }
 
 
@@ -256,7 +256,7 @@ def summary(demo: Demo, snap: observe.Snapshot, seconds: float) -> dict[str, Any
         "versions_activated": snap.versions_activated,
         "recommendations_served": demo.counts.recommendations_served,
         "hit_rate": demo.hit_rate(),
-        "answers_judged": demo.counts.judged,
+        "answers_judged": demo.counts.totals()[0],
         "hit_rate_by_version": demo.hit_rate_by_version(),
         "online_hit_rate_by_version": {v: round(rate, 4) for v, rate in sorted(snap.hit_rate.items())},
         "active_version_offline_hr_at_10": (snap.versions.get(str(snap.active_version)) or {}).get("hr@10"),
