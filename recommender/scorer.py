@@ -10,9 +10,11 @@
   reads the table (values are replaced, never changed in place) and hands what it served to
   the drift monitor on the worker's loop. Each fetched batch is
   one Predict with each user's live history (`recommend_history`; versions without it get
-  `serving_default`); answers go to `recommendations`, an invalid request gets an error
-  record. While the model server is unavailable the batch is retried with backoff; a request
-  still unanswered SCORER_DEADLINE_S after it was produced gets an error record instead.
+  `serving_default`); the lists are re-ranked by the item mix of the latest purchases against
+  the version's training mix (`recommender.live_prior`, SCORER_PRIOR_WINDOW); answers go to
+  `recommendations`, an invalid request gets an error record. While the model server is
+  unavailable the batch is retried with backoff; a request still unanswered SCORER_DEADLINE_S
+  after it was produced gets an error record instead.
 - The HTTP view `GET /recommendations/<user_id>?k=N` answers one user with the same record,
   routed by Faust (`table_route`) to the worker that owns the user's table partition.
 A task follows `model-updates` (no consumer group: every scorer sees every event) to call
@@ -37,6 +39,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from recstream.recommender import answers as records
 from recstream.recommender.drift import DriftConfig, DriftMonitor, Reference
+from recstream.recommender.live_prior import LivePrior, shift
 from recstream.recommender.predict import PredictFailed, Predictor, Retryable
 from recstream.recommender.request_path import RequestPath
 from recstream.stream import retry
@@ -107,6 +110,8 @@ class Scorer:
         # Keys are user_id bytes (the app's raw key serializer), values JSON lists of item ids.
         self.bought = self.app.Table("bought", default=list, partitions=settings.topic_partitions)
         self.monitor = DriftMonitor(DriftConfig.from_settings(settings))
+        # The item mix of the latest purchases, which re-ranks the model's answers (SCORER_PRIOR_WINDOW).
+        self.prior = LivePrior(settings.scorer_prior_window) if settings.scorer_prior_window else None
         self.version: int | None = None  # the version to call (None: the `stable` label)
         self.predictors: dict[asyncio.AbstractEventLoop, Predictor] = {}  # one per event loop
         self.loop: asyncio.AbstractEventLoop | None = None  # the worker's: the drift monitor's
@@ -145,6 +150,8 @@ class Scorer:
             self.monitor.purchased(
                 purchase.user_id, purchase.item_id, message.timestamp, repeat=repeat, event_ts=purchase.ts
             )
+            if self.prior is not None:
+                self.prior.add(purchase.item_id)
             PURCHASES.labels("valid").inc()
 
     def history(self, user_id: str) -> list[str]:
@@ -228,17 +235,22 @@ class Scorer:
                     return out
                 requests = [request for request, _ in pending]
                 histories = [self.history(request.user_id) for request in requests]
+                k = max(request.k for request in requests)
+                # Without the history signature the model cannot leave out what the user bought
+                # since training: ask for enough to keep k after the scorer filters it.
+                fallback_k = min(
+                    records.model_k(requests, histories), MAX_K + self.settings.scorer_history_items
+                )
+                if self.prior is not None:  # the live item mix re-ranks more than k of the model's items
+                    k = max(k, self.settings.scorer_prior_candidates)
+                    fallback_k = max(fallback_k, self.settings.scorer_prior_candidates)
                 started = time.perf_counter()
                 try:
                     ranked = await predictor.recommend(
                         [r.user_id for r in requests],
-                        max(request.k for request in requests),
+                        k,
                         histories if self.settings.scorer_live_history else None,
-                        # Without the history signature the model cannot leave out what the user bought
-                        # since training: ask for enough to keep k after the scorer filters it.
-                        fallback_k=min(
-                            records.model_k(requests, histories), MAX_K + self.settings.scorer_history_items
-                        ),
+                        fallback_k=fallback_k,
                     )
                 except Retryable as exc:
                     RETRIES.inc()
@@ -264,6 +276,7 @@ class Scorer:
                     return out
                 PREDICT.observe(time.perf_counter() - started)
                 BATCH.observe(len(requests))
+                ranked = self._shifted(ranked)
                 now = time.time()
                 latencies = [(now - ts) * 1000 for _, ts in pending]
                 answered = records.answers(requests, ranked, histories, latencies)
@@ -280,6 +293,14 @@ class Scorer:
                     self.loop.call_soon_threadsafe(self._served, ranked.version, served)
                 return out
         return out
+
+    def _shifted(self, ranked: records.Ranked) -> records.Ranked:
+        """The model's lists re-ranked by the live item mix, once the version's training mix is known
+        (its reference arrives shortly after its first answers, which go out as the model ranked them)."""
+        reference = self.references.get(ranked.version)
+        if self.prior is None or reference is None:
+            return ranked
+        return shift(ranked, self.prior, reference.item_share)
 
     def _served(self, version: int, served: list[tuple[str, Any, bool, float]]) -> None:
         """On the worker's loop: what was served, for the drift join (which compares record

@@ -421,6 +421,20 @@ class Settings:
     scorer_history_items: int = setting(
         "SCORER_HISTORY_ITEMS", positive_int, "256", "latest purchases kept per user to exclude from answers"
     )
+    scorer_prior_window: int = setting(
+        "SCORER_PRIOR_WINDOW",
+        _non_negative_int,
+        "2000",
+        "latest purchases whose item mix re-ranks the model's answers against its training mix"
+        " (recommender.live_prior; 0: the model's ranking as it is)",
+    )
+    scorer_prior_candidates: int = setting(
+        "SCORER_PRIOR_CANDIDATES",
+        positive_int,
+        "300",
+        "items per user asked of the model and re-ranked by the live item mix (the model caps it at"
+        " its catalogue)",
+    )
     drift_horizon_s: float = setting(
         "DRIFT_HORIZON_S", positive_float, "3600", "hit window after a recommendation"
     )

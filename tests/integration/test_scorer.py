@@ -362,6 +362,28 @@ def test_a_stable_stream_raises_no_alert_and_a_launch_of_new_products_raises_bot
     assert len(statistics) == len(set(statistics))  # hysteresis: one alert per statistic
 
 
+def test_a_product_selling_now_climbs_in_every_list(scoring: Scoring) -> None:
+    """The live item mix re-ranks the model's answers (SCORER_PRIOR_WINDOW): a product many customers
+    buy at once climbs into a stranger's top 10 and up a known customer's list, with no retrain.
+    After the drift test, whose alerts it would otherwise raise."""
+    train = scoring.train
+    order = [train.item_vocab.ids[i] for i in np.argsort(-train.popularity(), kind="stable")]
+    stranger, user = f"stranger-{uuid.uuid4().hex[:8]}", train.users.ids[30]
+    before = scoring.client.request(stranger, k=10)
+    known_before = scoring.client.request(user, k=100)["items"]
+    trending = next(
+        item
+        for item in order[40:]
+        if item not in before["items"] and item in known_before[20:] and item not in _bought(train, user)
+    )
+    scoring.purchase([(f"buyer-{uuid.uuid4().hex[:8]}", trending) for _ in range(200)])
+    answer, _ = _ask_until(scoring, stranger, lambda a: trending in a["items"], timeout_s=30)
+    assert answer["fallback"] is True and answer["model_version"] == 1
+    assert answer["scores"] == sorted(answer["scores"], reverse=True)
+    known_after = scoring.client.request(user, k=100)["items"]
+    assert known_after.index(trending) < known_before.index(trending) - 10, (known_before, known_after)
+
+
 def test_a_version_without_the_history_signature_is_served_through_serving_default(
     scoring: Scoring, tmp_path: Path
 ) -> None:
