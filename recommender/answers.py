@@ -27,6 +27,11 @@ class Ranked:
     fallback: np.ndarray
 
 
+def item_id(value: bytes | str) -> str:
+    """An item of the model's answer (TF Serving's strings arrive as bytes) as the records carry it."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def model_k(requests: Sequence[RecommendationRequest], bought: Sequence[Sequence[str]]) -> int:
     """The k to ask the model for so that every request still has k items after filtering."""
     return max(request.k + len(items) for request, items in zip(requests, bought, strict=True))
@@ -63,7 +68,7 @@ def answers(
     return [
         answer(
             request,
-            [item.decode() if isinstance(item, bytes) else str(item) for item in ranked.items[i]],
+            [item_id(item) for item in ranked.items[i]],
             ranked.scores[i].tolist(),
             bought=bought[i],
             version=ranked.version,

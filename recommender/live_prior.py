@@ -2,18 +2,18 @@
 
 A version learns P(item | user, history) under the item mix of its training data. Where that mix
 moves (launches, seasons, the seed's drift along the file), a version a minute old ranks
-yesterday's best sellers: on the demo's replay a version trained on events 0-48,000, scored on
-every next purchase of 48,000-60,000, hit 0.120 (HR@10) where a count of the last 2,000
-purchases hit 0.24 and the same count frozen at 48,000 only 0.079 (README, "Online against
-offline"). The classic correction for such a prior shift (Saerens et al. 2002, "Adjusting the
-outputs of a classifier to new a priori probabilities") keeps what the model learnt about the
-user and swaps the item mix: each item's probability is multiplied by p_now(item) /
-p_train(item), then the list is sorted again. The model then hit 0.25 on the same purchases.
+yesterday's best sellers: on the demo's replay a popularity count frozen at event 48,000 hits
+half as often on the next 12,000 purchases as one kept up to each purchase, and a version
+trained on events 0-48,000 trails both (README, "What sells now"). The classic correction for
+such a prior shift (Saerens et al. 2002, "Adjusting the outputs of a classifier to new a priori
+probabilities") keeps what the model learnt about the user and swaps the item mix: each
+item's probability is multiplied by p_now(item) / p_train(item), then the list is sorted again.
 
 p_now is the item's count among the latest `window` purchases the worker has seen; p_train the
 version's training share (its metadata's `reference.item_share`, which the drift tracker reads
-too) times the same number of purchases: the ratio is observed count against expected count,
-each plus one, so an item rare in both keeps its rank and an empty window changes nothing.
+too) times the window's purchases of products the version knows: the ratio is observed count
+against expected count, each plus one, so an item rare in both keeps its rank and an empty
+window changes nothing.
 
 >>> prior = LivePrior(window=4)
 >>> for item in ["b", "b", "b", "a"]:
@@ -26,19 +26,20 @@ each plus one, so an item rare in both keeps its rank and an empty window change
 
 from __future__ import annotations
 
+import threading
 from collections import Counter, deque
 from collections.abc import Mapping
 
 import numpy as np
 
-from recstream.recommender.answers import Ranked
+from recstream.recommender.answers import Ranked, item_id
 
 
 class LivePrior:
     """Counts of the items among the latest `window` purchases.
 
-    Written by the purchases agent, read by the request thread: each read is one dict lookup or
-    len(), atomic under the interpreter lock, so no lock is taken on either path.
+    Written by the purchases agent, read by the request thread, which copies the counts under a
+    lock: a few hundred entries per batch, against a backlog of purchases adding meanwhile.
     """
 
     def __init__(self, window: int) -> None:
@@ -46,25 +47,33 @@ class LivePrior:
             raise ValueError(f"window must be at least 1, not {window}")
         self._latest: deque[str] = deque(maxlen=window)
         self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
     def add(self, item: str) -> None:
-        if len(self._latest) == self._latest.maxlen:
-            oldest = self._latest[0]
-            self._counts[oldest] -= 1
-            if not self._counts[oldest]:
-                del self._counts[oldest]
-        self._latest.append(item)
-        self._counts[item] += 1
+        with self._lock:
+            if len(self._latest) == self._latest.maxlen:
+                oldest = self._latest[0]
+                self._counts[oldest] -= 1
+                if not self._counts[oldest]:
+                    del self._counts[oldest]
+            self._latest.append(item)
+            self._counts[item] += 1
 
     def __len__(self) -> int:
         return len(self._latest)
 
     def ratios(self, items: np.ndarray, share: Mapping[str, float]) -> np.ndarray:
-        """Observed over expected count in the window, each plus one, per item (str or bytes)."""
-        seen = len(self._latest)
-        names = [item.decode() if isinstance(item, bytes) else str(item) for item in items]
-        observed = np.fromiter((self._counts.get(name, 0) for name in names), float, len(names))
-        expected = np.fromiter((share.get(name, 0.0) for name in names), float, len(names)) * seen
+        """Observed over expected count in the window, each plus one, per item (str or bytes).
+
+        Expected counts are out of the window's purchases of items in `share`: a launch of products
+        the version never saw must not make every known product look as if it stopped selling.
+        """
+        with self._lock:
+            counts = dict(self._counts)
+        known = sum(count for item, count in counts.items() if item in share)
+        names = [item_id(item) for item in items]
+        observed = np.fromiter((counts.get(name, 0) for name in names), float, len(names))
+        expected = np.fromiter((share.get(name, 0.0) for name in names), float, len(names)) * known
         return (observed + 1.0) / (expected + 1.0)
 
 

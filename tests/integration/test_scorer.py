@@ -3,8 +3,10 @@
 A CF model trained on a seed slice is published and activated by the updater on this
 module's own model server; `recstream scorer` runs as a subprocess on this module's
 topics, and requests go through the consumer-side client. The tests run in file order:
-the drift test comes last, so that what the earlier ones feed the drift tracker stays
-well below its minimum window.
+the first expects the training popularity for strangers, before any purchase enters the live
+item mix; the drift test comes after the tests that buy little, so that what they feed the
+drift tracker stays well below its minimum window; the burst of purchases that re-ranks the
+lists comes after the drift test, whose alerts it would raise.
 """
 
 from __future__ import annotations
@@ -372,10 +374,14 @@ def test_a_product_selling_now_climbs_in_every_list(scoring: Scoring) -> None:
     before = scoring.client.request(stranger, k=10)
     known_before = scoring.client.request(user, k=100)["items"]
     trending = next(
-        item
-        for item in order[40:]
-        if item not in before["items"] and item in known_before[20:] and item not in _bought(train, user)
+        (
+            item
+            for item in order[40:]
+            if item not in before["items"] and item in known_before[20:] and item not in _bought(train, user)
+        ),
+        None,
     )
+    assert trending is not None, f"no product ranked 40th or lower for strangers and 21st or lower for {user}"
     scoring.purchase([(f"buyer-{uuid.uuid4().hex[:8]}", trending) for _ in range(200)])
     answer, _ = _ask_until(scoring, stranger, lambda a: trending in a["items"], timeout_s=30)
     assert answer["fallback"] is True and answer["model_version"] == 1
