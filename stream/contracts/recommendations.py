@@ -2,7 +2,9 @@
 
 `{"request_id", "user_id", "items", "scores", "model_version", "fallback", "latency_ms"}`, or
 `{"request_id", "error"}` for a request that is invalid or could not be answered (request_id
-null when it had none). Clients keep the first answer per request_id.
+null when it had none). Clients keep the first answer per request_id. `scores` go best first:
+the model's probabilities, re-weighted by the item mix of the latest purchases and
+renormalised over the items the model returned (README, "What sells now").
 """
 
 from __future__ import annotations
