@@ -3,7 +3,7 @@
 The demo's online hit rate (README) is prequential: each answer is judged by the customer's
 next purchase of a product new to them, after the version was trained. The gate's HR@10 is
 leave-last-out inside the training period. This bench measures both for versions trained on
-the demo's own replay (deploy.console.demo.spread_baskets over the seed, stamped at the demo's
+the demo's own replay (deploy.console.demo.replay of the seed, stamped at the demo's
 200 purchases/s), so the gap and what closes it can be reproduced:
 
 - each version is trained as the retrain job trains it on the replay's first `end` events
@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from bench.common import SEED, setup_logging, write_result
-from recstream.deploy.console.demo import seed_baskets, spread_baskets
+from recstream.deploy.console.demo import replay
 from recstream.recommender.answers import Ranked
 from recstream.recommender.live_prior import LivePrior, shift
 from recstream.retrain import cf_model, savedmodel
@@ -48,7 +48,6 @@ from recstream.stream.settings import load_settings
 log = logging.getLogger("bench.prequential")
 
 DEMO_RATE = 200.0  # `recstream up --demo`'s default --rate, purchases/s
-DEMO_SPREAD = 800  # the demo's spread at that rate: twice its 2 s lead, in purchases
 ENDS = (24_000, 48_000)  # replay events each version is trained on
 SPAN = 12_000  # events it is judged on
 GAP = 10_000  # events between its data and the later span (50 s at the demo's rate)
@@ -90,7 +89,7 @@ def judge(
 
     recommend = tf.saved_model.load(str(path)).signatures["recommend_history"]
     history: defaultdict[str, list[str]] = defaultdict(list)
-    prior, latest, windowed, live = LivePrior(window), deque[str](), Counter[str](), Counter[str]()
+    prior, live = LivePrior(window), Counter[str]()
     frozen: Counter[str] = Counter()
     hits: Counter[str] = Counter()
     judged = 0
@@ -112,17 +111,13 @@ def judge(
             hits["model_re_ranked"] += target in shift(ranked, prior, share).items[0][:K].tolist()
             hits["popularity_frozen"] += item in _top(frozen, bought)
             hits["popularity_live"] += item in _top(live, bought)
-            hits["popularity_window"] += item in _top(windowed, bought)
+            hits["popularity_window"] += item in _top(Counter(prior.counts()), bought)
             judged += 1
             if judged % 1000 == 0:
                 log.info("events %d-%d: %d purchases judged", start, start + SPAN, judged)
         history[user].append(item)
         prior.add(item)
         live[item] += 1
-        latest.append(item)
-        windowed[item] += 1
-        if len(latest) > window:
-            windowed[latest.popleft()] -= 1
     return {
         "events": [start, start + SPAN],
         "judged": judged,
@@ -139,7 +134,7 @@ def _pooled(spans: list[dict[str, Any]]) -> dict[str, float]:
 
 def main() -> None:
     window = load_settings({}, environ={}, use_stack_env=False).scorer_prior_window
-    events = list(spread_baskets(seed_baskets(SEED), DEMO_SPREAD))
+    events = list(replay(SEED, DEMO_RATE))
     versions = []
     with tempfile.TemporaryDirectory(prefix="recstream-bench-") as workdir:
         for end in ENDS:
@@ -170,7 +165,7 @@ def main() -> None:
         pooled_hr_at_10_after_gap=pooled_after_gap,
         gap_events=GAP,
         versions=versions,
-        replay={"spread": DEMO_SPREAD, "rate_per_s": DEMO_RATE},
+        replay={"rate_per_s": DEMO_RATE},
     )
     log.info(
         "prequential: re-ranked %.3f (%.3f after the gap), as ranked %.3f, offline %.3f -> %s",

@@ -62,14 +62,18 @@ class LivePrior:
     def __len__(self) -> int:
         return len(self._latest)
 
+    def counts(self) -> dict[str, int]:
+        """A copy of the window's counts per item."""
+        with self._lock:
+            return dict(self._counts)
+
     def ratios(self, items: np.ndarray, share: Mapping[str, float]) -> np.ndarray:
         """Observed over expected count in the window, each plus one, per item (str or bytes).
 
         Expected counts are out of the window's purchases of items in `share`: a launch of products
         the version never saw must not make every known product look as if it stopped selling.
         """
-        with self._lock:
-            counts = dict(self._counts)
+        counts = self.counts()
         known = sum(count for item, count in counts.items() if item in share)
         names = [item_id(item) for item in items]
         observed = np.fromiter((counts.get(name, 0) for name in names), float, len(names))

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEMO_ENV = {"RETRAIN_INTERVAL_S": "60"}
+LEAD_S = 2.0  # between a request and the purchase it is judged by
 
 
 def spread_baskets(baskets: Iterable[list[Transaction]], spread: int) -> Iterator[Transaction]:
@@ -108,6 +109,16 @@ def seed_baskets(seed: Path) -> Iterator[list[Transaction]]:
         yield row
 
 
+def lead_purchases(rate: float, lead_s: float = LEAD_S) -> int:
+    """Purchases sent between a request and the one it is judged by, at `rate` purchases/s."""
+    return max(int(rate * lead_s), 1)
+
+
+def replay(seed: Path, rate: float, lead_s: float = LEAD_S) -> Iterator[Transaction]:
+    """The demo's order of the seed's purchases: baskets spread twice the lead apart."""
+    return spread_baskets(seed_baskets(seed), spread=2 * lead_purchases(rate, lead_s))
+
+
 @dataclass
 class DemoCounts:
     events_produced: int = 0
@@ -126,10 +137,10 @@ class DemoCounts:
 
 class Demo:
     def __init__(
-        self, settings: Settings, seed: Path, rate: float, lead_s: float = 2.0, ask_share: float = 0.2
+        self, settings: Settings, seed: Path, rate: float, lead_s: float = LEAD_S, ask_share: float = 0.2
     ) -> None:
-        self.settings, self.seed, self.rate = settings, seed, rate
-        self.lead = max(int(rate * lead_s), 1)  # purchases between a request and the one it is judged by
+        self.settings, self.seed, self.rate, self.lead_s = settings, seed, rate, lead_s
+        self.lead = lead_purchases(rate, lead_s)
         self.ask_share = ask_share  # of the purchases that can be asked before (about 25/s at 200/s)
         self.sample = random.Random(0)  # seeded: runs differ only in when asking starts
         self.counts = DemoCounts()
@@ -174,7 +185,7 @@ class Demo:
         ahead: collections.deque[Transaction] = collections.deque()
         queued: collections.Counter[str] = collections.Counter()  # user -> purchases not sent yet
         started = time.monotonic()
-        for event in spread_baskets(seed_baskets(self.seed), spread=2 * self.lead):
+        for event in replay(self.seed, self.rate, self.lead_s):
             if stop.is_set():
                 break
             # Ask when every earlier purchase of this customer is out, so that this one is
