@@ -211,6 +211,7 @@ def test_uncommitted_flush_is_rewritten_with_the_same_boundaries(
     log = worker.log.read_text()
     assert "rewriting uncommitted batch 0-1499" in log
     assert "2 dead letters were already sent" in log
+    assert "Faust's Monitor sensor is off" in log  # dropped as the worker started, without a crash
     sources = [
         dict(r.headers)["source"].decode() for r in read_all(s.kafka_bootstrap, s.dlq_topic, 5, timeout_s=10)
     ]
