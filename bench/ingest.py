@@ -2,7 +2,9 @@
 
 Each figure is events per second from the first record a worker took (its
 `recstream_ingest_received_total` moving off 0, so start-up and group join are left out) to
-the last: the rate the worker keeps up with. The limit is a Faust agent that only counts, on
+the last: the rate the worker keeps up with. The worker adds to that counter every 0.25 s and
+the bench reads it every 0.25 s, so each end is known to about half a second, on runs of about
+15 s. The limit is a Faust agent that only counts, on
 the same topic in the same run, timed the same way from its first record to its last
 (bench/faust_floor.py): the rate Faust's per-record path allows here. Taking records is not
 ahead of landing them by more than a batch: a partition's next flush waits for its previous

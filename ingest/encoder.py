@@ -61,8 +61,7 @@ class Encoder:
 
     async def encode(self, partition: int, records: Sequence[Record]) -> encoding.Encoded:
         """The batch encoded; if the child dies meanwhile, once more by a new child (a batch that
-        kills that one too fails its flush, as any failed flush does, and the next flush starts
-        another child)."""
+        kills that one too fails its flush, which stops the worker: ingest.worker)."""
         try:
             return await self._run(partition, records)
         except BrokenProcessPool:

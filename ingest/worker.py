@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import os
 import time
 from collections import defaultdict
 from typing import Any, cast
@@ -42,6 +43,8 @@ from recstream.stream.storage import make_client
 
 log = logging.getLogger(__name__)
 DLQ_SCAN_IDLE_POLLS = 60
+COMMIT_ATTEMPTS = 500  # about 10 s of retries while a rebalance refuses commits (IngestWorker._commit)
+FLUSH_FAILED_EXIT = 70  # EX_SOFTWARE
 
 
 RECEIVED = Counter(metric_names.INGEST_RECEIVED, "Records taken from transactions (before validation)")
@@ -70,10 +73,17 @@ def _reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0][:32]
 
 
-def _log_failure(task: asyncio.Task[None]) -> None:
-    """Log a failed flush at once; it is re-raised in the agent by the partition's next flush."""
+def _stop_on_failure(task: asyncio.Task[None]) -> None:
+    """A failed flush stops the worker at once, as a kill -9 would.
+
+    Offsets are committed per batch (acks are off), so a later batch of the partition would commit
+    past the failed one's records. Restarted (by `recstream up`'s supervisor or the orchestrator),
+    the worker resumes from the committed offset and the partition's marker: the path the kill -9
+    tests cover. A flush fails only past the retries (the store's are endless): a DLQ send the
+    broker refused, a batch that killed two encoder processes."""
     if not task.cancelled() and task.exception() is not None:
-        log.error("flush failed; its records stay uncommitted", exc_info=task.exception())
+        log.critical("flush failed; stopping so that nothing past it is committed", exc_info=task.exception())
+        os._exit(FLUSH_FAILED_EXIT)
 
 
 class IngestWorker:
@@ -159,13 +169,13 @@ class IngestWorker:
         """Hand the partition's batch to a flush task; the caller holds the partition's lock.
 
         Waits for the partition's previous flush first, which bounds memory to one batch being
-        written and one being filled per partition, and is where a failed flush surfaces.
+        written and one being filled per partition.
         """
         await self._wait_flushed(partition)
         batch = self.batches.pop(partition)
         previous, self.markers[partition] = self.markers.get(partition), None
         task = asyncio.create_task(self._flush(batch, previous))
-        task.add_done_callback(_log_failure)
+        task.add_done_callback(_stop_on_failure)
         self.flushing[partition] = task
 
     async def _wait_flushed(self, partition: int) -> None:
@@ -213,13 +223,24 @@ class IngestWorker:
         """Commit the partition's offset past the flushed batch; the flush is done only after it.
 
         Faust commits acked offsets only, and acks are off for this topic, so this calls the step
-        Faust's own commit ends in, `Consumer._commit_offsets` (no public call takes offsets): it
-        commits only partitions still assigned and keeps Faust's record of committed offsets. A
-        partition revoked meanwhile stays uncommitted, and its new owner rewrites the batch under
-        the same names (ingest.landing).
+        Faust's own commit ends in, `Consumer._commit_offsets` (no public call takes offsets). It
+        returns False for a partition no longer assigned, and while a rebalance refuses commits;
+        a partition still ours is committed again until the rebalance is over, since a next batch
+        landed before this one is committed would leave the marker naming only the next.
         """
-        if not await cast(Any, self.app.consumer)._commit_offsets({tp: next_offset}):
-            log.info("partition %d: offset %d not committed: the partition moved", tp.partition, next_offset)
+        consumer = cast(Any, self.app.consumer)
+        for _ in range(COMMIT_ATTEMPTS):
+            if await consumer._commit_offsets({tp: next_offset}):
+                return
+            if tp not in consumer.assignment():
+                log.info(
+                    "partition %d: offset %d not committed: the partition moved", tp.partition, next_offset
+                )
+                return
+            await asyncio.sleep(0.02)
+        raise RuntimeError(
+            f"partition {tp.partition}: offset {next_offset} not committed in {COMMIT_ATTEMPTS} tries"
+        )
 
     def _dlq_partition(self, partition: int) -> int:
         return partition % self.settings.topic_partitions

@@ -39,10 +39,9 @@ def create_app(
     driver with a fetch wait (default KAFKA_FETCH_MAX_WAIT_MS) instead of its hard-coded 1500 ms.
 
     `faust_monitor=False` runs without Faust's Monitor sensor, which times and counts every record
-    in Python for Faust's own web view (off here: the services' figures are Prometheus'); without
-    it the ingest worker's event loop spent 51-58 µs a record instead of 64-67 (README, ingest
-    throughput). Faust's stall warnings read the Monitor's times for topics with acks on, so only
-    an app whose topics have acks off (ingest) runs without it."""
+    in Python for Faust's own web view (off here: the services' figures are Prometheus'; its cost,
+    README, ingest throughput). Faust's stall warnings read the Monitor's times for topics with
+    acks on, so only an app whose topics have acks off (ingest) runs without it."""
     import faust  # imported here: Faust pulls in a lot, and most commands never need it
 
     from recstream.stream.faust_transport import SCHEME
