@@ -71,11 +71,11 @@ def create_app(
     cast(Any, app).fetch_max_wait_ms = fetch_max_wait_ms or settings.kafka_fetch_max_wait_ms
     export_partitions(app, settings.transactions_topic)
     if not faust_monitor:
-        drop_monitor(app)
+        _drop_monitor(app)
     return app
 
 
-def drop_monitor(app: faust.App) -> None:
+def _drop_monitor(app: faust.App) -> None:
     """Remove Faust's Monitor from the app's sensors. Faust adds it as the app starts, before the
     app's tasks run, so a task removes it."""
 
