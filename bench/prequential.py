@@ -24,7 +24,7 @@ the demo's own replay (deploy.console.demo.replay of the seed, stamped at the de
 
 The figure is the re-ranked prequential HR@10 over the versions' spans right after their data;
 the limit is the versions' mean offline HR@10: the ratio is issue 12's "online within 10 % of
-offline", on purchases the versions never saw. About 6 minutes on 2 cores (four trainings,
+offline", on purchases the versions never saw. About 2 minutes on 2 cores (four trainings,
 6,000 calls per span).
 """
 
