@@ -107,8 +107,13 @@ class Scorer:
         self.alerts = self.app.topic(
             settings.drift_alerts_topic, key_serializer="raw", value_serializer="raw"
         )
-        # Keys are user_id bytes (the app's raw key serializer), values JSON lists of item ids.
-        self.bought = self.app.Table("bought", default=list, partitions=settings.topic_partitions)
+        # Keys are user_id bytes, values JSON lists of item ids. `key_type=bytes` makes the changelog's
+        # keys raw both ways: Faust writes bytes keys raw but, without a key type, reads them back as
+        # JSON, so recovery failed on any user id that is not a JSON literal ("u1") and stalled, and
+        # HTTP routing hashed the JSON-quoted id to another worker's partition.
+        self.bought = self.app.Table(
+            "bought", default=list, partitions=settings.topic_partitions, key_type=bytes
+        )
         self.monitor = DriftMonitor(DriftConfig.from_settings(settings))
         # The item mix of the latest purchases, which re-ranks the model's answers (SCORER_PRIOR_WINDOW).
         self.prior = LivePrior(settings.scorer_prior_window) if settings.scorer_prior_window else None

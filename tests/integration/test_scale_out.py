@@ -30,9 +30,10 @@ from modelserver_helpers import Servers
 
 from recstream.deploy.console import observe
 from recstream.deploy.local.processes import free_port
-from recstream.recommender.client import RecommendationClient
+from recstream.recommender.client import RecommendationClient, recommend_http
 from recstream.retrain import cf_model, savedmodel
 from recstream.retrain.dataset import Interactions, build_interactions, read_seed
+from recstream.stream.contracts import metrics as metric_names
 from recstream.stream.contracts.records import Transaction
 from recstream.stream.faust_transport import fetched_highwaters
 from recstream.stream.producer import EventProducer
@@ -139,8 +140,9 @@ def test_two_ingest_workers_share_partitions_and_one_killed_loses_and_duplicates
 @pytest.fixture
 def scorers(
     settings: Settings, seed_file: Path, tmp_path: Path, started: list[Worker]
-) -> Iterator[tuple[Settings, list[int], Interactions]]:
-    """A trained model served by this test's model server; two scorer workers (not yet started)."""
+) -> Iterator[tuple[Settings, list[int], list[int], Interactions]]:
+    """A trained model served by this test's model server; two scorer workers (not yet started),
+    their metrics ports and HTTP ports."""
     model = f"so-{uuid.uuid4().hex[:8]}"
     (tmp_path / "serving").mkdir()
     servers = Servers(tmp_path / "serving", model)
@@ -164,8 +166,8 @@ def scorers(
         trained = cf_model.train(train, dataclasses.replace(cf_model.Params(), epochs=2))
         export = savedmodel.export(trained, tmp_path / "export-1", 1, {"version": 1}, model)
         publish_and_activate(s, export, 1)
-        ports = [free_port(), free_port()]
-        for i, port in enumerate(ports, 1):
+        ports, http_ports = [free_port(), free_port()], [free_port(), free_port()]
+        for i, (port, http_port) in enumerate(zip(ports, http_ports, strict=True), 1):
             started.append(
                 Worker(
                     s,
@@ -173,28 +175,46 @@ def scorers(
                     "scorer",
                     TF_SERVING_GRPC=endpoint,
                     SCORER_METRICS_PORT=str(port),
-                    SCORER_HTTP_PORT=str(free_port()),
+                    SCORER_HTTP_PORT=str(http_port),
                     SCORER_DEADLINE_S="120",
                     WORKER_NAME=f"{model}-{i}",
                 )
             )
-        yield s, ports, train
+        yield s, ports, http_ports, train
     finally:
         for worker in started:
             worker.kill(signal.SIGTERM)
         servers.kill_all()
 
 
+def strangers(count: int, partitions: set[int]) -> list[str]:
+    """`count` user ids unknown to the model, none a JSON literal, spread over `partitions`."""
+    users: list[str] = []
+    while len(users) < count:
+        user = f"shopper-{uuid.uuid4().hex[:8]}"
+        if partition_of(user) in partitions and sum(partition_of(u) == partition_of(user) for u in users) < 2:
+            users.append(user)
+    return users
+
+
+def answered_by(port: int) -> float:
+    """Requests a scorer worker answered from its own table (Kafka or HTTP), from its metrics."""
+    samples = observe.scrape(f"127.0.0.1:{port}", timeout_s=3.0)
+    return sum(observe.total(samples, metric_names.SCORER_REQUESTS, result=r) for r in ("model", "fallback"))
+
+
 def test_two_scorer_workers_one_killed_answer_every_request_once_and_keep_exclusions(
-    scorers: tuple[Settings, list[int], Interactions], started: list[Worker]
+    scorers: tuple[Settings, list[int], list[int], Interactions], started: list[Worker]
 ) -> None:
-    s, ports, train = scorers
+    s, ports, http_ports, train = scorers
     victim, survivor = started
     wait_until(lambda: shared_out(ports), 120, "the two scorers to share the partitions", started)
     theirs = owned(ports[0])
-    users = train.users.ids[:48]
+    # Known customers, and new ones whose ids are not JSON: the table's changelog keys are raw bytes.
+    users = train.users.ids[:48] + strangers(8, set(range(PARTITIONS)))
     moved = [u for u in users if partition_of(u) in theirs]
     assert moved and len(moved) < len(users)
+    assert any(u.startswith("shopper-") for u in moved)
     with RecommendationClient(s) as client:
         first = client.wait({client.send(u, k=10): u for u in users}, timeout_s=120)
         # Each user buys the three products first recommended to them: those must not come back.
@@ -210,6 +230,17 @@ def test_two_scorer_workers_one_killed_answer_every_request_once_and_keep_exclus
             return all(not set(a["items"]) & set(bought[a["user_id"]]) for a in answers)
 
         wait_until(excluded, 60, "the purchases to be left out", started)
+        # HTTP to either worker is routed to the owner of the user's partition (table_route): the
+        # owner answers from its table, the worker asked only forwards.
+        for asked, other in ((0, 1), (1, 0)):
+            others = [u for u in users if (partition_of(u) in theirs) == (other == 0)][:8]
+            before = [answered_by(port) for port in ports]
+            for user in others:
+                answer = recommend_http(dataclasses.replace(s, scorer_http_port=http_ports[asked]), user)
+                assert answer["user_id"] == user and len(answer["items"]) == 10, answer
+                assert not set(answer["items"]) & set(bought[user]), answer
+            after = [answered_by(port) for port in ports]
+            assert after[other] - before[other] == len(others) and after[asked] == before[asked]
         sent: dict[str, str] = {}  # request_id -> user
         for round_ in range(4):  # requests before, at and after the kill
             sent |= {client.send(u, k=10): u for u in users}
