@@ -188,7 +188,8 @@ def scorers(
 
 
 def strangers(count: int, partitions: set[int]) -> list[str]:
-    """`count` user ids unknown to the model, none a JSON literal, spread over `partitions`."""
+    """`count` user ids unknown to the model, none a JSON literal, at most two per partition."""
+    assert count <= 2 * len(partitions)
     users: list[str] = []
     while len(users) < count:
         user = f"shopper-{uuid.uuid4().hex[:8]}"
@@ -200,6 +201,7 @@ def strangers(count: int, partitions: set[int]) -> list[str]:
 def answered_by(port: int) -> float:
     """Requests a scorer worker answered from its own table (Kafka or HTTP), from its metrics."""
     samples = observe.scrape(f"127.0.0.1:{port}", timeout_s=3.0)
+    assert samples, f"the scorer's metrics on port {port} do not answer"
     return sum(observe.total(samples, metric_names.SCORER_REQUESTS, result=r) for r in ("model", "fallback"))
 
 
@@ -233,7 +235,8 @@ def test_two_scorer_workers_one_killed_answer_every_request_once_and_keep_exclus
         # HTTP to either worker is routed to the owner of the user's partition (table_route): the
         # owner answers from its table, the worker asked only forwards.
         for asked, other in ((0, 1), (1, 0)):
-            others = [u for u in users if (partition_of(u) in theirs) == (other == 0)][:8]
+            others = [u for u in users if (partition_of(u) in theirs) == (other == 0)]
+            others = sorted(others, key=lambda u: not u.startswith("shopper-"))[:8]  # new ids first
             before = [answered_by(port) for port in ports]
             for user in others:
                 answer = recommend_http(dataclasses.replace(s, scorer_http_port=http_ports[asked]), user)
