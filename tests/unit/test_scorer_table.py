@@ -1,10 +1,5 @@
-"""The scorer's `bought` table keys: raw user_id bytes in the changelog, both ways.
-
-faust-streaming writes bytes keys raw but, for a table without a key type, reads them back as
-JSON: recovery then failed on ids that are not JSON literals and turned numeric ids into
-integers, and `table_route` hashed the JSON-quoted id (the partition of `"12"`, not of `12`).
-The integration test (tests/integration/test_scale_out.py) shows both on the real stack.
-"""
+"""The scorer's `bought` table keys: raw user_id bytes in the changelog, both ways (why:
+recommender/scorer.py, where the table is declared; on the real stack: test_scale_out.py)."""
 
 from __future__ import annotations
 
